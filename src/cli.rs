@@ -1,0 +1,265 @@
+//! Command-line glue shared by the binaries: logging setup and the collector's
+//! subcommands (`run`, `report`, `gen`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::collector::batch::Direction;
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::encode::EncodeProtocol;
+use crate::report::{ReportBy, ReportFormat, ReportQuery};
+
+/// Log to stderr; `RUST_LOG` overrides the default `info`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowstage-collector",
+    version,
+    about = "NetFlow v5/v9 and IPFIX collector and data tools"
+)]
+pub struct CollectorCli {
+    #[command(subcommand)]
+    pub command: CollectorCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectorCommand {
+    /// Receive flows and aggregate them into PostgreSQL (the daemon).
+    Run(RunArgs),
+    /// Report totals or top-N tables from the aggregates.
+    Report(ReportArgs),
+    /// Send deterministic test traffic to a loopback collector and write the expected totals.
+    Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Database URL (libpq style), overriding the configuration.
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+impl CommonArgs {
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load_or_default(&self.config)?;
+        if let Some(url) = &self.database {
+            config.database_url = url.clone();
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// UDP address to listen on (repeatable), replacing the configured ones.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Data directory (spool, archive).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDRESS:PORT.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Decode/aggregate threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Seconds a minute bucket stays open after the minute ends.
+    #[arg(long)]
+    pub flush_grace: Option<u64>,
+    /// Seconds between STAT log lines (0: off).
+    #[arg(long)]
+    pub stats_interval: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Start (inclusive): RFC 3339, YYYY-MM-DD[ HH:MM], now, or -1h style.
+    #[arg(long, default_value = "-1h", allow_hyphen_values = true)]
+    pub from: String,
+    /// End (exclusive).
+    #[arg(long, default_value = "now", allow_hyphen_values = true)]
+    pub to: String,
+    #[arg(long, value_enum, default_value = "total")]
+    pub by: ReportBy,
+    /// Exporter name or address.
+    #[arg(long)]
+    pub exporter: Option<String>,
+    /// Interface ifIndex or name.
+    #[arg(long)]
+    pub interface: Option<String>,
+    #[arg(long, value_enum, default_value = "in")]
+    pub direction: DirectionArg,
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DirectionArg {
+    In,
+    Out,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GenProtocol {
+    V5,
+    V9,
+    Ipfix,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Collector address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:2055")]
+    pub target: SocketAddr,
+    #[arg(long, value_enum, default_value = "v5")]
+    pub protocol: GenProtocol,
+    /// Export IPv6 flows (v9 and IPFIX).
+    #[arg(long)]
+    pub ipv6: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10_000)]
+    pub flows: u64,
+    /// Flows per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Exporters, sending from 127.0.0.<first-source>, <first-source + 1>, ...
+    #[arg(long, default_value_t = 1)]
+    pub exporters: u8,
+    #[arg(long, default_value_t = 10)]
+    pub first_source: u8,
+    /// v5 header sampling interval (1 = unsampled).
+    #[arg(long, default_value_t = 0)]
+    pub sampling: u16,
+    /// Spread flow end times over this many seconds before now.
+    #[arg(long, default_value_t = 30)]
+    pub spread: u64,
+    /// Write the expected totals here as JSON (default: stdout).
+    #[arg(long)]
+    pub expected: Option<PathBuf>,
+}
+
+pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
+    match cli.command {
+        CollectorCommand::Run(a) => {
+            let mut config = a.common.load()?;
+            let c = &mut config.collector;
+            if !a.listen.is_empty() {
+                c.listen = a
+                    .listen
+                    .iter()
+                    .map(|s| crate::collector::parse_listen(s))
+                    .collect::<Result<_, _>>()?;
+            }
+            if let Some(d) = a.data_dir {
+                c.data_dir = d;
+            }
+            if a.metrics.is_some() {
+                c.metrics = a.metrics;
+            }
+            if let Some(w) = a.workers {
+                anyhow::ensure!(
+                    (1..=256).contains(&w),
+                    "--workers {w}: must be between 1 and 256"
+                );
+                c.workers = w;
+            }
+            if let Some(g) = a.flush_grace {
+                c.flush_grace_secs = g;
+            }
+            if let Some(s) = a.stats_interval {
+                c.stats_interval_secs = s;
+            }
+            let path = a.common.config.exists().then_some(a.common.config.clone());
+            crate::collector::run(config, path)
+        }
+        CollectorCommand::Report(a) => {
+            let config = a.common.load()?;
+            let now = chrono::Utc::now();
+            let query = ReportQuery {
+                from: crate::timespec::parse_time(&a.from, now).context("--from")?,
+                to: crate::timespec::parse_time(&a.to, now).context("--to")?,
+                by: a.by,
+                exporter: a.exporter,
+                interface: a.interface,
+                direction: match a.direction {
+                    DirectionArg::In => Direction::In,
+                    DirectionArg::Out => Direction::Out,
+                },
+                top: a.top,
+            };
+            anyhow::ensure!(query.from < query.to, "--from must be before --to");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let text = rt.block_on(async {
+                let client = crate::db::connect(&config.database_url).await?;
+                let report = crate::report::run(&client, &query).await?;
+                report.render(a.format)
+            })?;
+            print!("{text}");
+            Ok(())
+        }
+        CollectorCommand::Gen(a) => {
+            let opts = crate::gen::GenOptions {
+                protocol: match a.protocol {
+                    GenProtocol::V5 => EncodeProtocol::V5,
+                    GenProtocol::V9 => EncodeProtocol::V9,
+                    GenProtocol::Ipfix => EncodeProtocol::Ipfix,
+                },
+                ipv6: a.ipv6,
+                seed: a.seed,
+                flows: a.flows,
+                rate: a.rate,
+                exporters: a.exporters,
+                first_source: a.first_source,
+                target: a.target,
+                sampling: a.sampling,
+                spread_secs: a.spread,
+            };
+            anyhow::ensure!(
+                !(a.ipv6 && matches!(a.protocol, GenProtocol::V5)),
+                "--ipv6 needs --protocol v9 or ipfix"
+            );
+            let started = std::time::Instant::now();
+            let expected = crate::gen::run(&opts, |_| {})?;
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                flows = expected.total.flows,
+                datagrams = expected.datagrams,
+                seconds = format!("{secs:.3}"),
+                rate = format!("{:.0}", expected.total.flows as f64 / secs.max(1e-9)),
+                "generator done"
+            );
+            let json = serde_json::to_string_pretty(&expected)? + "\n";
+            match a.expected {
+                Some(p) => {
+                    std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?
+                }
+                None => print!("{json}"),
+            }
+            Ok(())
+        }
+    }
+}

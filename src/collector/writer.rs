@@ -1,0 +1,426 @@
+//! The database writer: takes finished batches, writes each in one transaction with
+//! COPY, and records its id so a replay or retry is a no-op. While PostgreSQL is
+//! unreachable, batches go to the [`Spool`] and are replayed in order when it is back.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_postgres::{Client, Transaction};
+
+use super::batch::{Batch, Dimension, Key};
+use super::spool::{Spool, SpoolOutcome};
+use super::stats::GlobalStats;
+use crate::config::ExporterConfig;
+use crate::db;
+
+#[derive(Debug)]
+pub enum WriterMsg {
+    Batch(Batch),
+    /// Exporter names from the configuration (start and SIGHUP).
+    Exporters(Vec<ExporterConfig>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    Duplicate,
+}
+
+#[derive(Debug)]
+pub struct Writer {
+    url: String,
+    spool: Spool,
+    client: Option<Client>,
+    stats: Arc<Mutex<GlobalStats>>,
+    ensured_days: HashSet<i64>,
+    names: Option<Vec<ExporterConfig>>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Writer {
+    pub fn new(url: String, spool: Spool, stats: Arc<Mutex<GlobalStats>>) -> Self {
+        if let Ok(mut g) = stats.lock() {
+            g.spool_bytes = spool.bytes();
+        }
+        Writer {
+            url,
+            spool,
+            client: None,
+            stats,
+            ensured_days: HashSet::new(),
+            names: None,
+        }
+    }
+
+    fn stat(&self, f: impl FnOnce(&mut GlobalStats)) {
+        if let Ok(mut g) = self.stats.lock() {
+            f(&mut g);
+        }
+    }
+
+    /// Run until the channel closes and everything received is written or spooled.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
+        let mut queue: VecDeque<Batch> = VecDeque::new();
+        let mut closed = false;
+        let mut backoff = Duration::from_millis(250);
+        let mut next_attempt = Instant::now();
+        let mut was_down = false;
+        loop {
+            let idle = queue.is_empty() && self.spool.is_empty() && self.names.is_none();
+            if !closed && (idle || self.client.is_none()) {
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(m) => self.accept(m, &mut queue),
+                        None => closed = true,
+                    },
+                    _ = tokio::time::sleep_until(next_attempt), if !idle => {}
+                }
+            }
+            while let Ok(m) = rx.try_recv() {
+                self.accept(m, &mut queue);
+            }
+            if closed
+                && queue.is_empty()
+                && (self.spool.is_empty() || self.client.is_none())
+                && self.names.is_none()
+            {
+                break;
+            }
+            if self.client.is_none() && (Instant::now() >= next_attempt || closed) {
+                match self.connect().await {
+                    Ok(()) => {
+                        if was_down {
+                            tracing::info!("database reachable again; replaying the spool");
+                        }
+                        was_down = false;
+                        backoff = Duration::from_millis(250);
+                    }
+                    Err(e) => {
+                        if !was_down {
+                            tracing::warn!("database unavailable, spooling batches: {e:#}");
+                        }
+                        was_down = true;
+                        next_attempt = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            if self.client.is_some() {
+                self.drain(&mut queue).await;
+            }
+            if self.client.is_none() {
+                while let Some(b) = queue.pop_front() {
+                    self.spool_batch(&b);
+                }
+                if closed {
+                    break;
+                }
+            }
+            self.stat(|g| {
+                g.database_up = self.client.is_some();
+                g.spool_bytes = self.spool.bytes();
+            });
+        }
+        self.stat(|g| g.spool_bytes = self.spool.bytes());
+    }
+
+    fn accept(&mut self, msg: WriterMsg, queue: &mut VecDeque<Batch>) {
+        match msg {
+            WriterMsg::Batch(b) => queue.push_back(b),
+            WriterMsg::Exporters(list) => self.names = Some(list),
+        }
+    }
+
+    async fn connect(&mut self) -> anyhow::Result<()> {
+        let mut client = db::connect(&self.url).await?;
+        db::migrate(&mut client).await?;
+        self.ensured_days.clear();
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Spool first (it is older), then the queue; on a connection failure the rest waits.
+    async fn drain(&mut self, queue: &mut VecDeque<Batch>) {
+        if let Some(names) = self.names.take() {
+            if let Err(e) = self.sync_names(&names).await {
+                tracing::warn!("updating exporter names: {e:#}");
+                self.names = Some(names);
+                self.lost_connection();
+                return;
+            }
+        }
+        let entries = match self.spool.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                Vec::new()
+            }
+        };
+        for (_, path) in entries {
+            let batch = match self.spool.read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("{e:#}; moving it aside");
+                    let _ = self.spool.reject(&path);
+                    continue;
+                }
+            };
+            match self.write(&batch).await {
+                Ok(outcome) => {
+                    let _ = self.spool.remove(&path);
+                    self.stat(|g| {
+                        g.batches_replayed += 1;
+                        match outcome {
+                            WriteOutcome::Written => g.batches_written += 1,
+                            WriteOutcome::Duplicate => g.batches_duplicate += 1,
+                        }
+                    });
+                }
+                Err(e) if self.connection_lost() => {
+                    tracing::warn!("database write failed, keeping the spool: {e:#}");
+                    self.lost_connection();
+                    return;
+                }
+                Err(e) => {
+                    let to = self.spool.reject(&path);
+                    tracing::error!(
+                        "database refused spooled batch {}: {e:#}; moved to {to:?}",
+                        batch.id
+                    );
+                }
+            }
+        }
+        while let Some(batch) = queue.pop_front() {
+            match self.write(&batch).await {
+                Ok(outcome) => self.stat(|g| match outcome {
+                    WriteOutcome::Written => g.batches_written += 1,
+                    WriteOutcome::Duplicate => g.batches_duplicate += 1,
+                }),
+                Err(e) if self.connection_lost() => {
+                    tracing::warn!("database write failed, spooling: {e:#}");
+                    queue.push_front(batch);
+                    self.lost_connection();
+                    return;
+                }
+                Err(e) => {
+                    // Kept on disk: the spool retries once more and then sets it aside.
+                    tracing::error!(
+                        "database refused batch {} ({} flows): {e:#}",
+                        batch.id,
+                        batch.flows()
+                    );
+                    self.spool_batch(&batch);
+                }
+            }
+        }
+    }
+
+    fn connection_lost(&self) -> bool {
+        self.client.as_ref().is_none_or(|c| c.is_closed())
+    }
+
+    fn lost_connection(&mut self) {
+        self.client = None;
+    }
+
+    fn spool_batch(&mut self, batch: &Batch) {
+        match self.spool.push(batch) {
+            Ok(SpoolOutcome::Stored) => self.stat(|g| g.batches_spooled += 1),
+            Ok(SpoolOutcome::Full) => {
+                tracing::error!(
+                    "SPOOL FULL ({} bytes): dropping batch {} with {} flows; free space or raise collector.spool_max_bytes",
+                    self.spool.bytes(),
+                    batch.id,
+                    batch.flows()
+                );
+                self.stat(|g| {
+                    g.batches_dropped += 1;
+                    g.flows_dropped += batch.flows();
+                });
+            }
+            Err(e) => {
+                tracing::error!(
+                    "SPOOL WRITE FAILED: dropping batch {} with {} flows: {e:#}",
+                    batch.id,
+                    batch.flows()
+                );
+                self.stat(|g| {
+                    g.batches_dropped += 1;
+                    g.flows_dropped += batch.flows();
+                });
+            }
+        }
+    }
+
+    async fn sync_names(&mut self, names: &[ExporterConfig]) -> anyhow::Result<()> {
+        let Some(client) = self.client.as_ref() else {
+            return Ok(());
+        };
+        for e in names {
+            client
+                .execute(
+                    "INSERT INTO exporters (address, name) VALUES ($1, $2)
+                     ON CONFLICT (address) DO UPDATE SET name = EXCLUDED.name
+                     WHERE exporters.name IS DISTINCT FROM EXCLUDED.name",
+                    &[&e.address, &e.name],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Write one batch atomically; a batch already stored is skipped.
+    pub async fn write(&mut self, batch: &Batch) -> anyhow::Result<WriteOutcome> {
+        let client = self.client.as_mut().context("not connected")?;
+        let tx = client.transaction().await?;
+        let fresh = tx
+            .execute(
+                "INSERT INTO ingest_batches (id, rows, flows) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+                &[&batch.id, &(batch.rows() as i32), &(batch.flows() as i64)],
+            )
+            .await?;
+        if fresh == 0 {
+            return Ok(WriteOutcome::Duplicate);
+        }
+        let mut new_days = Vec::new();
+        for day in batch
+            .buckets
+            .iter()
+            .map(|b| b.minute.div_euclid(86_400))
+            .collect::<HashSet<_>>()
+        {
+            if !self.ensured_days.contains(&day) {
+                let date = chrono::DateTime::from_timestamp(day * 86_400, 0)
+                    .context("bucket time out of range")?
+                    .format("%Y-%m-%d")
+                    .to_string();
+                tx.execute("SELECT flowstage_ensure_day($1::text::date)", &[&date])
+                    .await?;
+                new_days.push(day);
+            }
+        }
+        let mut ids = HashMap::new();
+        let mut ifaces: HashMap<IpAddr, Vec<i64>> = HashMap::new();
+        for b in &batch.buckets {
+            ifaces
+                .entry(b.exporter)
+                .or_default()
+                .push(i64::from(b.ifindex));
+        }
+        for (addr, mut list) in ifaces {
+            let id: i32 = tx
+                .query_one(
+                    "INSERT INTO exporters (address) VALUES ($1)
+                     ON CONFLICT (address) DO UPDATE SET last_seen = now() RETURNING id",
+                    &[&addr],
+                )
+                .await?
+                .get(0);
+            list.sort_unstable();
+            list.dedup();
+            tx.execute(
+                "INSERT INTO interfaces (exporter_id, ifindex) SELECT $1, unnest($2::bigint[])
+                 ON CONFLICT (exporter_id, ifindex) DO UPDATE SET last_seen = now()",
+                &[&id, &list],
+            )
+            .await?;
+            ids.insert(addr, id);
+        }
+        copy_batch(&tx, batch, &ids).await?;
+        tx.commit().await?;
+        self.ensured_days.extend(new_days);
+        Ok(WriteOutcome::Written)
+    }
+}
+
+/// COPY text of every table for one batch.
+#[derive(Default)]
+struct CopyText {
+    totals: String,
+    as_: String,
+    ip: String,
+    port: String,
+    proto: String,
+}
+
+async fn copy_batch(
+    tx: &Transaction<'_>,
+    batch: &Batch,
+    ids: &HashMap<IpAddr, i32>,
+) -> anyhow::Result<()> {
+    let mut t = CopyText::default();
+    for b in &batch.buckets {
+        let Some(id) = ids.get(&b.exporter) else {
+            continue;
+        };
+        let minute = chrono::DateTime::from_timestamp(b.minute, 0)
+            .context("bucket time out of range")?
+            .format("%Y-%m-%d %H:%M:%S+00")
+            .to_string();
+        let head = format!("{minute}\t{id}\t{}\t{}", b.ifindex, b.direction as i16);
+        for (rate, tot) in &b.totals {
+            let _ = writeln!(
+                t.totals,
+                "{head}\t{rate}\t{}\t{}\t{}",
+                tot.bytes, tot.packets, tot.flows
+            );
+        }
+        for d in &b.dimensions {
+            let side = d.dimension.side();
+            let out = match d.dimension {
+                Dimension::SrcAs | Dimension::DstAs => &mut t.as_,
+                Dimension::SrcIp | Dimension::DstIp => &mut t.ip,
+                Dimension::SrcPort | Dimension::DstPort => &mut t.port,
+                Dimension::Proto => &mut t.proto,
+            };
+            for (key, tot) in &d.rows {
+                let key = match key {
+                    Key::As(v) => v.to_string(),
+                    Key::Ip(v) => v.to_string(),
+                    Key::Port(v) => v.to_string(),
+                    Key::Proto(v) => v.to_string(),
+                    Key::Other => "\\N".to_string(),
+                };
+                if d.dimension == Dimension::Proto {
+                    let _ = writeln!(
+                        out,
+                        "{head}\t{key}\t{}\t{}\t{}",
+                        tot.bytes, tot.packets, tot.flows
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{head}\t{side}\t{key}\t{}\t{}\t{}",
+                        tot.bytes, tot.packets, tot.flows
+                    );
+                }
+            }
+        }
+    }
+    let tables = [
+        ("flow_totals (minute, exporter_id, ifindex, direction, sampling_rate, bytes, packets, flows)", t.totals),
+        ("flow_as (minute, exporter_id, ifindex, direction, side, asn, bytes, packets, flows)", t.as_),
+        ("flow_ip (minute, exporter_id, ifindex, direction, side, addr, bytes, packets, flows)", t.ip),
+        ("flow_port (minute, exporter_id, ifindex, direction, side, port, bytes, packets, flows)", t.port),
+        ("flow_proto (minute, exporter_id, ifindex, direction, proto, bytes, packets, flows)", t.proto),
+    ];
+    for (table, text) in tables {
+        if text.is_empty() {
+            continue;
+        }
+        let sink = tx.copy_in(&format!("COPY {table} FROM STDIN")).await?;
+        futures_util::pin_mut!(sink);
+        sink.send(Bytes::from(text)).await?;
+        sink.finish().await?;
+    }
+    Ok(())
+}

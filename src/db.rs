@@ -1,0 +1,79 @@
+//! PostgreSQL access shared by the collector, the reports and the installer: connecting
+//! from a libpq-style URL and applying the numbered migrations in `sql/`.
+
+use anyhow::Context;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::redact_url;
+
+/// The migrations in `sql/`, compiled into the binary so an installed collector needs no
+/// source tree. Numbers are applied in order, each once, each in its own transaction.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_flow_aggregates",
+    include_str!("../sql/0001_flow_aggregates.sql"),
+)];
+
+/// Connect and spawn the connection task on the current runtime.
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .with_context(|| format!("invalid database URL {}", redact_url(url)))?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(url)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("database connection closed: {e}");
+        }
+    });
+    // Notices such as "already exists, skipping" are not news.
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await?;
+    Ok(client)
+}
+
+/// Apply pending migrations; returns the versions applied now.
+pub async fn migrate(client: &mut Client) -> anyhow::Result<Vec<i32>> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version integer PRIMARY KEY,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .context("creating schema_migrations")?;
+    let mut applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        // Serialise concurrent migrators (collector and web starting together).
+        tx.execute("SELECT pg_advisory_xact_lock(7465235)", &[])
+            .await?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[&version],
+            )
+            .await?
+            .is_some();
+        if done {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("applying migration {name}"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .await?;
+        tx.commit()
+            .await
+            .with_context(|| format!("committing migration {name}"))?;
+        applied.push(version);
+    }
+    Ok(applied)
+}

@@ -1,0 +1,242 @@
+//! Reports over the per-minute aggregates: totals and top-N tables by exporter,
+//! interface, AS, IP, port or protocol, in text, JSON or CSV. The web UI uses the same
+//! queries.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use crate::collector::batch::Direction;
+use crate::totals::Totals;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReportBy {
+    Total,
+    Exporter,
+    Interface,
+    SrcAs,
+    DstAs,
+    SrcIp,
+    DstIp,
+    SrcPort,
+    DstPort,
+    Proto,
+}
+
+impl ReportBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportBy::Total => "total",
+            ReportBy::Exporter => "exporter",
+            ReportBy::Interface => "interface",
+            ReportBy::SrcAs => "src-as",
+            ReportBy::DstAs => "dst-as",
+            ReportBy::SrcIp => "src-ip",
+            ReportBy::DstIp => "dst-ip",
+            ReportBy::SrcPort => "src-port",
+            ReportBy::DstPort => "dst-port",
+            ReportBy::Proto => "proto",
+        }
+    }
+
+    /// (table, key expression, extra condition)
+    fn source(self) -> (&'static str, &'static str, &'static str) {
+        const EXPORTER: &str = "coalesce(e.name, host(e.address))";
+        match self {
+            ReportBy::Total => ("flow_totals", "'total'", ""),
+            ReportBy::Exporter => ("flow_totals", EXPORTER, ""),
+            ReportBy::Interface => (
+                "flow_totals",
+                "coalesce(e.name, host(e.address)) || ':' || t.ifindex",
+                "",
+            ),
+            ReportBy::SrcAs => ("flow_as", "t.asn::text", "AND t.side = 0"),
+            ReportBy::DstAs => ("flow_as", "t.asn::text", "AND t.side = 1"),
+            ReportBy::SrcIp => ("flow_ip", "host(t.addr)", "AND t.side = 0"),
+            ReportBy::DstIp => ("flow_ip", "host(t.addr)", "AND t.side = 1"),
+            ReportBy::SrcPort => ("flow_port", "t.port::text", "AND t.side = 0"),
+            ReportBy::DstPort => ("flow_port", "t.port::text", "AND t.side = 1"),
+            ReportBy::Proto => ("flow_proto", "t.proto::text", ""),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportQuery {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub by: ReportBy,
+    /// Exporter name or address.
+    pub exporter: Option<String>,
+    /// ifIndex, or interface name/description.
+    pub interface: Option<String>,
+    pub direction: Direction,
+    pub top: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportRow {
+    pub key: String,
+    pub bytes: u64,
+    pub packets: u64,
+    pub flows: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub from: String,
+    pub to: String,
+    pub by: ReportBy,
+    pub rows: Vec<ReportRow>,
+    pub total: Totals,
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
+    let (table, key, extra) = q.by.source();
+    let direction = q.direction as i16;
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> =
+        vec![Box::new(q.from), Box::new(q.to), Box::new(direction)];
+    let mut filter = String::from("t.minute >= $1 AND t.minute < $2 AND t.direction = $3");
+    if let Some(e) = &q.exporter {
+        params.push(Box::new(e.clone()));
+        let _ = write!(
+            filter,
+            " AND (e.name = ${0} OR host(e.address) = ${0})",
+            params.len()
+        );
+    }
+    if let Some(i) = &q.interface {
+        if let Ok(n) = i.parse::<i64>() {
+            params.push(Box::new(n));
+            let _ = write!(filter, " AND t.ifindex = ${}", params.len());
+        } else {
+            params.push(Box::new(i.clone()));
+            let _ = write!(
+                filter,
+                " AND EXISTS (SELECT 1 FROM interfaces i WHERE i.exporter_id = t.exporter_id AND i.ifindex = t.ifindex AND (i.name = ${0} OR i.description = ${0}))",
+                params.len()
+            );
+        }
+    }
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let grouped = format!(
+        "SELECT {key} AS k, sum(t.bytes)::bigint, sum(t.packets)::bigint, sum(t.flows)::bigint
+         FROM {table} t JOIN exporters e ON e.id = t.exporter_id
+         WHERE {filter} {extra} GROUP BY 1 ORDER BY 2 DESC, 1"
+    );
+    let total_sql = format!(
+        "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
+         FROM flow_totals t JOIN exporters e ON e.id = t.exporter_id WHERE {filter}"
+    );
+    let mut rows = Vec::new();
+    let mut other = Totals::default();
+    for r in client.query(&grouped, &refs).await? {
+        let key: Option<String> = r.get(0);
+        let t = (to_u64(r.get(1)), to_u64(r.get(2)), to_u64(r.get(3)));
+        match key {
+            Some(key) if rows.len() < q.top => rows.push(ReportRow {
+                key,
+                bytes: t.0,
+                packets: t.1,
+                flows: t.2,
+            }),
+            _ => other.add(t.0, t.1, t.2),
+        }
+    }
+    if other != Totals::default() {
+        rows.push(ReportRow {
+            key: "other".into(),
+            bytes: other.bytes,
+            packets: other.packets,
+            flows: other.flows,
+        });
+    }
+    let t = client.query_one(&total_sql, &refs).await?;
+    Ok(Report {
+        from: q.from.to_rfc3339(),
+        to: q.to.to_rfc3339(),
+        by: q.by,
+        rows,
+        total: Totals {
+            bytes: to_u64(t.get(0)),
+            packets: to_u64(t.get(1)),
+            flows: to_u64(t.get(2)),
+        },
+    })
+}
+
+impl Report {
+    pub fn render(&self, format: ReportFormat) -> anyhow::Result<String> {
+        Ok(match format {
+            ReportFormat::Json => serde_json::to_string_pretty(self)? + "\n",
+            ReportFormat::Csv => {
+                let mut o = String::from("key,bytes,packets,flows\n");
+                for r in &self.rows {
+                    let key = if r.key.contains([',', '"']) {
+                        format!("\"{}\"", r.key.replace('"', "\"\""))
+                    } else {
+                        r.key.clone()
+                    };
+                    let _ = writeln!(o, "{key},{},{},{}", r.bytes, r.packets, r.flows);
+                }
+                o
+            }
+            ReportFormat::Text => {
+                let width = self
+                    .rows
+                    .iter()
+                    .map(|r| r.key.len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(self.by.as_str().len())
+                    .max(5);
+                let mut o = format!("{} .. {}  by {}\n", self.from, self.to, self.by.as_str());
+                let _ = writeln!(
+                    o,
+                    "{:<width$}  {:>16}  {:>14}  {:>12}  {:>6}",
+                    self.by.as_str(),
+                    "bytes",
+                    "packets",
+                    "flows",
+                    "%bytes"
+                );
+                for r in &self.rows {
+                    let pct = if self.total.bytes > 0 {
+                        r.bytes as f64 * 100.0 / self.total.bytes as f64
+                    } else {
+                        0.0
+                    };
+                    let _ = writeln!(
+                        o,
+                        "{:<width$}  {:>16}  {:>14}  {:>12}  {:>6.2}",
+                        r.key, r.bytes, r.packets, r.flows, pct
+                    );
+                }
+                let _ = writeln!(
+                    o,
+                    "{:<width$}  {:>16}  {:>14}  {:>12}",
+                    "TOTAL", self.total.bytes, self.total.packets, self.total.flows
+                );
+                o
+            }
+        })
+    }
+}

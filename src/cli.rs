@@ -155,6 +155,9 @@ pub struct GenArgs {
     /// Spread flow end times over this many seconds before now.
     #[arg(long, default_value_t = 30)]
     pub spread: u64,
+    /// Seconds before now that the newest flows ended.
+    #[arg(long, default_value_t = 1)]
+    pub age: u64,
     /// Write the expected totals here as JSON (default: stdout).
     #[arg(long)]
     pub expected: Option<PathBuf>,
@@ -237,6 +240,7 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                 target: a.target,
                 sampling: a.sampling,
                 spread_secs: a.spread,
+                age_secs: a.age,
             };
             anyhow::ensure!(
                 !(a.ipv6 && matches!(a.protocol, GenProtocol::V5)),

@@ -180,8 +180,10 @@ pub struct GenOptions {
     pub target: SocketAddr,
     /// v5 header sampling interval (1 = unsampled).
     pub sampling: u16,
-    /// Flow end times are spread over this many seconds before now.
+    /// Flow end times are spread over this many seconds before now minus `age_secs`.
     pub spread_secs: u64,
+    /// How long ago the newest flows ended.
+    pub age_secs: u64,
 }
 
 /// Send the traffic and return what was sent. Stops by itself after `flows` flows.
@@ -249,7 +251,9 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
         let wall_ms = chrono::Utc::now().timestamp_millis();
         batch.clear();
         for _ in 0..n {
-            let end = wall_ms - 1000 - rng.below(opts.spread_secs.max(1) * 1000) as i64;
+            let end = wall_ms
+                - (opts.age_secs as i64 * 1000).max(1000)
+                - rng.below(opts.spread_secs.max(1) * 1000) as i64;
             let mut r = model.flow(&mut rng, end);
             if opts.protocol == EncodeProtocol::V5 {
                 r.sampling_rate = crate::decode::v5_sampling_rate(opts.sampling);

@@ -1,5 +1,5 @@
 //! Times on the command line: RFC 3339, `YYYY-MM-DD[ HH:MM[:SS]]` (UTC), `now`, and
-//! relative forms such as `-90s`, `-15m`, `-1h`, `-2d`, `-1w`.
+//! relative forms such as `-90s`, `-15m`, `-1h`, `-2d`, `-1w` (or `+1h` ahead).
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 
@@ -13,7 +13,11 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TimeSpec
     if t == "now" {
         return Ok(now);
     }
-    if let Some(rel) = t.strip_prefix('-') {
+    let relative = t
+        .strip_prefix('-')
+        .map(|r| (r, -1))
+        .or_else(|| t.strip_prefix('+').map(|r| (r, 1)));
+    if let Some((rel, sign)) = relative {
         let (num, unit) = rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?);
         let n: i64 = num.parse().map_err(|_| err())?;
         let delta = match unit {
@@ -25,7 +29,7 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TimeSpec
             _ => None,
         }
         .ok_or_else(err)?;
-        return now.checked_sub_signed(delta).ok_or_else(err);
+        return now.checked_add_signed(delta * sign).ok_or_else(err);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(t) {
         return Ok(t.with_timezone(&Utc));
@@ -58,6 +62,7 @@ mod tests {
         let p = |s| parse_time(s, now).unwrap().to_rfc3339();
         assert_eq!(p("-1h"), "2026-12-04T09:00:00+00:00");
         assert_eq!(p("-2d"), "2026-12-02T10:00:00+00:00");
+        assert_eq!(p("+30m"), "2026-12-04T10:30:00+00:00");
         assert_eq!(p("2026-12-01"), "2026-12-01T00:00:00+00:00");
         assert_eq!(p("2026-12-01 08:30"), "2026-12-01T08:30:00+00:00");
         assert_eq!(p("2026-12-01T08:30:00+01:00"), "2026-12-01T07:30:00+00:00");

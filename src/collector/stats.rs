@@ -321,16 +321,17 @@ impl Snapshot {
     /// One STAT line in the spirit of flow-capture's.
     pub fn stat_line(&self) -> String {
         let g = &self.global;
-        let (mut pkts, mut flows, mut errs, mut lost, mut expired) = (0, 0, 0, 0, 0);
+        let (mut pkts, mut flows, mut bytes, mut errs, mut lost, mut expired) = (0, 0, 0, 0, 0, 0);
         for (k, s) in &self.exporters {
             pkts += s.packets;
             flows += s.flows;
+            bytes += s.bytes;
             errs += s.errors_total();
             lost += s.lost_flows(k.protocol);
             expired += s.expired_sets;
         }
         format!(
-            "STAT exporters={} packets={pkts} flows={flows} decode_errors={errs} lost_flows={lost} expired_sets={expired} queue_drops={} socket_drops={} open_buckets={} batches_written={} spooled={} spool_bytes={} dropped_batches={} db={}",
+            "STAT exporters={} packets={pkts} flows={flows} bytes={bytes} decode_errors={errs} lost_flows={lost} expired_sets={expired} queue_drops={} socket_drops={} open_buckets={} batches_written={} spooled={} spool_bytes={} dropped_batches={} db={}",
             self.exporters.len(),
             g.queue_drops,
             g.socket_drops,

@@ -1,0 +1,208 @@
+//! End to end, per protocol: the generator sends known traffic to a real collector
+//! process over loopback UDP, the collector writes to a throwaway PostgreSQL, and
+//! `flowstage-collector report` must show exactly the generator's totals.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use flowstage::encode::EncodeProtocol;
+use flowstage::gen::{self, Expected, GenOptions};
+use support::{expected_rows, report, report_rows, totals, Collector, Pg};
+
+fn send(
+    c: &Collector,
+    protocol: EncodeProtocol,
+    ipv6: bool,
+    seed: u64,
+    flows: u64,
+    exporters: u8,
+) -> Expected {
+    let opts = GenOptions {
+        protocol,
+        ipv6,
+        seed,
+        flows,
+        rate: Some(100_000),
+        exporters,
+        first_source: 20,
+        target: c.target(),
+        sampling: 0,
+        spread_secs: 30,
+        age_secs: 1,
+    };
+    gen::run(&opts, |_| {}).unwrap()
+}
+
+fn check_reports(url: &str, e: &Expected) {
+    let expect = (e.total.bytes, e.total.packets, e.total.flows);
+    assert!(e.total.flows > 0);
+    for direction in ["in", "out"] {
+        let v = report(url, "total", &["--direction", direction]);
+        assert_eq!(totals(&v), expect, "total, direction {direction}");
+    }
+    for by in [
+        "exporter",
+        "dst-port",
+        "proto",
+        "src-as",
+        "dst-as",
+        "interface",
+    ] {
+        let v = report(url, by, &[]);
+        assert_eq!(totals(&v), expect, "total of the --by {by} report");
+        assert_eq!(report_rows(&v), expected_rows(e, by), "rows of --by {by}");
+    }
+    // High-cardinality keys: top N per bucket plus "other" still add up exactly.
+    for by in ["src-ip", "dst-ip", "src-port"] {
+        let v = report(url, by, &["--top", "10"]);
+        let rows = report_rows(&v);
+        assert_eq!(rows.len(), 11, "--by {by} --top 10 gives 10 rows and other");
+        let sum = rows
+            .values()
+            .fold((0, 0, 0), |a, r| (a.0 + r.0, a.1 + r.1, a.2 + r.2));
+        assert_eq!(sum, expect, "rows of --by {by} add up to the total");
+    }
+}
+
+fn end_to_end(name: &str, protocol: EncodeProtocol, ipv6: bool) {
+    let pg = Pg::shared();
+    let (_, url) = pg.create_database(name);
+    let dir = support::data_dir(name);
+    let c = Collector::start(&url, dir.path(), &[]);
+    let e = send(&c, protocol, ipv6, 7, 30_000, 3);
+    c.wait_for("all flows decoded", |c| {
+        c.metric("flowstage_exporter_flows_total", &[]) == e.total.flows
+    });
+    assert_eq!(c.metric("flowstage_exporter_lost_flows_total", &[]), 0);
+    assert_eq!(c.metric("flowstage_exporter_decode_errors_total", &[]), 0);
+    let (status, log) = c.terminate();
+    assert!(status.success(), "collector exit: {status}\n{log}");
+    check_reports(&url, &e);
+    // Exporters and interfaces registered themselves, with timestamps.
+    let db = url
+        .split('?')
+        .next()
+        .unwrap()
+        .trim_start_matches("postgresql:///");
+    assert_eq!(
+        pg.psql(
+            db,
+            "SELECT count(*) FROM exporters WHERE last_seen IS NOT NULL"
+        ),
+        "3"
+    );
+    assert_eq!(pg.psql(db, "SELECT count(*) FROM interfaces"), "12");
+}
+
+#[test]
+fn netflow_v5() {
+    end_to_end("e2e_v5", EncodeProtocol::V5, false);
+}
+
+#[test]
+fn netflow_v9() {
+    end_to_end("e2e_v9", EncodeProtocol::V9, false);
+}
+
+#[test]
+fn ipfix() {
+    end_to_end("e2e_ipfix", EncodeProtocol::Ipfix, false);
+}
+
+#[test]
+fn netflow_v9_ipv6() {
+    end_to_end("e2e_v9_ipv6", EncodeProtocol::V9, true);
+}
+
+#[test]
+fn ipfix_ipv6() {
+    end_to_end("e2e_ipfix_ipv6", EncodeProtocol::Ipfix, true);
+}
+
+/// v5 header sampling (mode 1, interval 100): stored bytes and packets are scaled, the
+/// rate is kept with the data; a configured override replaces the announced rate.
+#[test]
+fn sampled_v5_is_scaled() {
+    let pg = Pg::shared();
+    let (db, url) = pg.create_database("e2e_sampled");
+    let dir = support::data_dir("sampled");
+    let c = Collector::start(&url, dir.path(), &[]);
+    let opts = GenOptions {
+        protocol: EncodeProtocol::V5,
+        ipv6: false,
+        seed: 3,
+        flows: 3_000,
+        rate: Some(100_000),
+        exporters: 1,
+        first_source: 30,
+        target: c.target(),
+        sampling: 0x4000 | 100,
+        spread_secs: 10,
+        age_secs: 1,
+    };
+    let e = gen::run(&opts, |_| {}).unwrap();
+    c.wait_for("all flows decoded", |c| {
+        c.metric("flowstage_exporter_flows_total", &[]) == e.total.flows
+    });
+    let (status, _) = c.terminate();
+    assert!(status.success());
+    let v = report(&url, "total", &[]);
+    assert_eq!(totals(&v), (e.total.bytes, e.total.packets, e.total.flows));
+    assert_eq!(e.total.bytes % 100, 0, "expected bytes are scaled by 100");
+    assert_eq!(
+        pg.psql(&db, "SELECT DISTINCT sampling_rate FROM flow_totals"),
+        "100"
+    );
+}
+
+/// The exporter allow-list: packets from others are counted and dropped.
+#[test]
+fn allow_list_drops_and_counts_others() {
+    let pg = Pg::shared();
+    let (_, url) = pg.create_database("e2e_allow");
+    let dir = support::data_dir("allow");
+    let config = dir.path().join("flowstage.toml");
+    std::fs::write(
+        &config,
+        "[collector]\nallowed_exporters = [\"127.0.0.40/32\"]\n\n[[exporter]]\naddress = \"127.0.0.40\"\nname = \"rtr-allowed\"\n",
+    )
+    .unwrap();
+    let c = Collector::start(&url, dir.path(), &["--config", config.to_str().unwrap()]);
+    let mut opts = GenOptions {
+        protocol: EncodeProtocol::V9,
+        ipv6: false,
+        seed: 5,
+        flows: 2_000,
+        rate: Some(100_000),
+        exporters: 1,
+        first_source: 40,
+        target: c.target(),
+        sampling: 0,
+        spread_secs: 10,
+        age_secs: 1,
+    };
+    let allowed = gen::run(&opts, |_| {}).unwrap();
+    opts.first_source = 41;
+    opts.seed = 6;
+    let refused = gen::run(&opts, |_| {}).unwrap();
+    c.wait_for("refused datagrams counted", |c| {
+        c.metric("flowstage_exporter_not_allowed_total", &["127.0.0.41"]) == refused.datagrams
+    });
+    let (status, _) = c.terminate();
+    assert!(status.success());
+    let v = report(&url, "exporter", &[]);
+    let rows = report_rows(&v);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let t = allowed.total;
+    assert_eq!(
+        rows.get("rtr-allowed"),
+        Some(&(t.bytes, t.packets, t.flows)),
+        "named exporter"
+    );
+    let v = report(&url, "total", &["--exporter", "127.0.0.40"]);
+    assert_eq!(
+        totals(&v),
+        (t.bytes, t.packets, t.flows),
+        "filter by address"
+    );
+}

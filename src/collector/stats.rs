@@ -138,6 +138,14 @@ pub struct GlobalStats {
     pub templates: u64,
 }
 
+/// A per-exporter metric: name, type, help, and how to read it.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ExporterStats, Option<Protocol>) -> u64,
+);
+
 /// A consistent view for rendering.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -241,12 +249,7 @@ impl Snapshot {
             g.clock_skewed_flows,
         );
         gauge("templates", "gauge", "Templates cached.", g.templates);
-        let series: [(
-            &str,
-            &str,
-            &str,
-            fn(&ExporterStats, Option<Protocol>) -> u64,
-        ); 8] = [
+        let series: [Series; 8] = [
             (
                 "exporter_packets_total",
                 "counter",

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite. On a fresh Debian 12 machine, as root, it first installs what
+# the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump); the tests
+# start their own PostgreSQL clusters and collectors and stop them at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15 postgresql-client-15)
+command -v tshark >/dev/null || need+=(tshark)
+command -v mergecap >/dev/null || need+=(wireshark-common)
+command -v softflowd >/dev/null || need+=(softflowd)
+command -v nfcapd >/dev/null || need+=(nfdump)
+command -v runuser >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test.sh: missing packages: ${need[*]}; install them or run as root" >&2
+        exit 1
+    fi
+    echo "test.sh: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked --all-targets

@@ -143,25 +143,58 @@ pub struct Expected {
     pub by: BTreeMap<String, BTreeMap<String, Totals>>,
 }
 
-impl Expected {
+/// The report keys the generator keeps totals for, in `--by` spelling.
+const TALLY_KINDS: [&str; 6] = [
+    "exporter",
+    "interface",
+    "dst-port",
+    "proto",
+    "src-as",
+    "dst-as",
+];
+
+/// Per-flow counting with numeric keys; strings are made once at the end.
+#[derive(Debug, Default)]
+struct Tally {
+    total: Totals,
+    by: rustc_hash::FxHashMap<(u8, IpAddr, u32), Totals>,
+}
+
+impl Tally {
     fn count(&mut self, exporter: IpAddr, r: &FlowRecord) {
         let (b, p) = (r.scaled_bytes(), r.scaled_packets());
         self.total.add(b, p, r.flows);
+        let none = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let keys = [
-            ("exporter", exporter.to_string()),
-            ("interface", format!("{exporter}:{}", r.input_if)),
-            ("dst-port", r.dst_port.to_string()),
-            ("proto", r.proto.to_string()),
-            ("src-as", r.src_as.to_string()),
-            ("dst-as", r.dst_as.to_string()),
+            (exporter, 0),
+            (exporter, r.input_if),
+            (none, u32::from(r.dst_port)),
+            (none, u32::from(r.proto)),
+            (none, r.src_as),
+            (none, r.dst_as),
         ];
-        for (by, key) in keys {
+        for (kind, (addr, key)) in keys.into_iter().enumerate() {
             self.by
-                .entry(by.to_string())
-                .or_default()
-                .entry(key)
+                .entry((kind as u8, addr, key))
                 .or_default()
                 .add(b, p, r.flows);
+        }
+    }
+
+    fn into_expected(self, expected: &mut Expected) {
+        expected.total = self.total;
+        for ((kind, addr, key), t) in self.by {
+            let name = TALLY_KINDS[usize::from(kind)];
+            let key = match name {
+                "exporter" => addr.to_string(),
+                "interface" => format!("{addr}:{key}"),
+                _ => key.to_string(),
+            };
+            expected
+                .by
+                .entry(name.to_string())
+                .or_default()
+                .insert(key, t);
         }
     }
 }
@@ -215,6 +248,10 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
         let _ = socket2::SockRef::from(&s).set_send_buffer_size(4 << 20);
         sockets.push(s);
     }
+    let exporter_ips: Vec<IpAddr> = sockets
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.ip()))
+        .collect::<Result<_, _>>()?;
     let model = TrafficModel {
         ipv6: opts.ipv6,
         wide_as: opts.protocol != EncodeProtocol::V5,
@@ -244,10 +281,11 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
     let mut sent = 0u64;
     let mut datagram_index = 0u64;
     let mut batch = Vec::with_capacity(per as usize);
+    let mut tally = Tally::default();
     while sent < opts.flows {
         let n = per.min(opts.flows - sent);
         let e = (datagram_index % u64::from(opts.exporters)) as usize;
-        let exporter_ip = sockets[e].local_addr()?.ip();
+        let exporter_ip = exporter_ips[e];
         let wall_ms = chrono::Utc::now().timestamp_millis();
         batch.clear();
         for _ in 0..n {
@@ -258,7 +296,7 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
             if opts.protocol == EncodeProtocol::V5 {
                 r.sampling_rate = crate::decode::v5_sampling_rate(opts.sampling);
             }
-            expected.count(exporter_ip, &r);
+            tally.count(exporter_ip, &r);
             batch.push(r);
         }
         let datagram = match opts.protocol {
@@ -296,6 +334,7 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
         }
     }
     progress(sent);
+    tally.into_expected(&mut expected);
     Ok(expected)
 }
 

@@ -104,7 +104,8 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut worker_threads = Vec::new();
     let mut reports = Vec::new();
     for i in 0..c.workers {
-        let (tx, rx) = crossbeam_channel::bounded(4096);
+        // Each batch holds up to 64 datagrams; 512 batches bound the queue near 50 MB.
+        let (tx, rx) = crossbeam_channel::bounded(512);
         let report = Arc::new(Mutex::new(WorkerReport::default()));
         let w = Worker::new(
             WorkerConfig {

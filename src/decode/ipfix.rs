@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::fields;
 use super::plan::{FieldSpec, PlanKind, TimeBase, MAX_TEMPLATE_FIELDS};
-use super::state::{Decoder, ScopeKey, SetOutcome};
+use super::state::{Decoder, ScopeKey, SetOutcome, Withdrawal};
 use super::v9::{build_plan, install, split_sets};
 use super::{be, DecodeError, FlowRecord, PacketSummary, Protocol};
 
@@ -61,10 +61,27 @@ pub fn decode(
     };
     decoder.scope(key, now_ms);
     let mut data_records = 0u32;
+    let mut data_failed = false;
     for (set_id, body) in sets {
         let result = match set_id {
-            2 => templates(decoder, key, body, false, now_ms, out),
-            3 => templates(decoder, key, body, true, now_ms, out),
+            2 => templates(
+                decoder,
+                key,
+                body,
+                false,
+                now_ms,
+                out,
+                &mut summary.set_errors,
+            ),
+            3 => templates(
+                decoder,
+                key,
+                body,
+                true,
+                now_ms,
+                out,
+                &mut summary.set_errors,
+            ),
             4..=255 | 0 | 1 => Ok(()),
             id => match decoder.data_set(key, id, base, body, now_ms, out) {
                 Ok(SetOutcome::Held) => {
@@ -75,15 +92,19 @@ pub fn decode(
                     data_records = data_records.wrapping_add(n as u32);
                     Ok(())
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    data_failed = true;
+                    Err(e)
+                }
             },
         };
         if let Err(e) = result {
             summary.set_errors.push(e);
         }
     }
-    // The sequence number counts data records; held sets have an unknown count.
-    summary.sequence_advance = (summary.held_sets == 0).then_some(data_records);
+    // The sequence number counts data records; held sets and data sets that could not
+    // be decoded have an unknown count.
+    summary.sequence_advance = (summary.held_sets == 0 && !data_failed).then_some(data_records);
     summary.records = out.len() - start;
     Ok(summary)
 }
@@ -95,6 +116,7 @@ fn templates(
     options: bool,
     now_ms: i64,
     out: &mut Vec<FlowRecord>,
+    errors: &mut Vec<DecodeError>,
 ) -> Result<(), DecodeError> {
     let mut at = 0usize;
     while body.len() - at >= 4 {
@@ -105,12 +127,14 @@ fn templates(
         }
         at += 4;
         if count == 0 {
-            // Withdrawal; the set id itself as template id withdraws them all.
-            if template_id == 2 || template_id == 3 {
-                decoder.withdraw(key, None, now_ms);
-            } else {
-                decoder.withdraw(key, Some(template_id), now_ms);
-            }
+            // Withdrawal (RFC 7011 section 8.1): template id 2 withdraws every
+            // template, 3 every options template, of the observation domain.
+            let what = match template_id {
+                2 => Withdrawal::All(PlanKind::Data),
+                3 => Withdrawal::All(PlanKind::Options),
+                id => Withdrawal::One(id),
+            };
+            decoder.withdraw(key, what, now_ms);
             continue;
         }
         if count > MAX_TEMPLATE_FIELDS {
@@ -165,7 +189,7 @@ fn templates(
             PlanKind::Data
         };
         let plan = build_plan(template_id, kind, specs)?;
-        install(decoder, key, template_id, plan, now_ms, out)?;
+        install(decoder, key, template_id, plan, now_ms, out, errors);
     }
     Ok(())
 }

@@ -128,7 +128,7 @@ pub struct PacketSummary {
     pub sequence: u32,
     /// How far the next datagram's sequence number should advance, in the protocol's
     /// own unit (v5 flows, v9 packets, IPFIX data records); `None` when not known
-    /// (IPFIX data held for a missing template).
+    /// (IPFIX data held for a missing template, or a data set that failed to decode).
     pub sequence_advance: Option<u32>,
     /// Exporter uptime in ms where the header carries it (restart detection).
     pub sys_uptime_ms: Option<u32>,

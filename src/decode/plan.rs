@@ -305,7 +305,8 @@ impl Fields {
             if let Some(sys) = base.sys_uptime_ms {
                 Some(base.export_ms - i64::from(sys.wrapping_sub(uptime) as i32))
             } else {
-                base.system_init_ms.map(|init| init + i64::from(uptime))
+                base.system_init_ms
+                    .map(|init| init.saturating_add(i64::from(uptime)))
             }
         };
         let delta = |us: u64| base.export_ms - sat_i64(us / 1000);

@@ -87,6 +87,20 @@ pub struct Decoder {
     expired: FxHashMap<ScopeKey, u64>,
 }
 
+/// Which templates an IPFIX withdrawal removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Withdrawal {
+    One(u16),
+    All(PlanKind),
+}
+
+/// State one options record asks for, applied once its whole set has decoded.
+struct OptionsUpdate {
+    system_init_ms: Option<i64>,
+    sampler_id: Option<u64>,
+    rate: Option<u32>,
+}
+
 /// What happened to one data set.
 pub(crate) enum SetOutcome {
     Decoded(usize),
@@ -129,7 +143,7 @@ impl Decoder {
     /// the last call, so the caller can count it against its exporter.
     pub fn take_expired(&mut self, now_ms: i64) -> Vec<ExpiredPending> {
         while let Some(front) = self.pending.front() {
-            if now_ms - front.received_ms <= self.limits.pending_max_age_ms {
+            if now_ms.saturating_sub(front.received_ms) <= self.limits.pending_max_age_ms {
                 break;
             }
             self.drop_front_pending();
@@ -234,29 +248,27 @@ impl Decoder {
         released
     }
 
-    /// Withdraw one template, or every template of the scope when `template_id` is `None`.
-    pub(crate) fn withdraw(&mut self, key: ScopeKey, template_id: Option<u16>, now_ms: i64) {
+    /// Withdraw one template, or every template of one kind in the scope (RFC 7011
+    /// section 8.1: template id 2 withdraws all templates, 3 all options templates).
+    pub(crate) fn withdraw(&mut self, key: ScopeKey, what: Withdrawal, now_ms: i64) {
         let max_withdrawn = self.limits.max_samplers_per_scope;
         let scope = self.scope(key, now_ms);
-        let removed = match template_id {
-            Some(id) => {
-                let removed = usize::from(scope.templates.remove(&id).is_some());
-                if scope.withdrawn.len() < max_withdrawn {
-                    scope.withdrawn.insert(id);
-                }
-                removed
-            }
-            None => {
-                let ids: Vec<u16> = scope.templates.keys().copied().collect();
-                for id in &ids {
-                    if scope.withdrawn.len() < max_withdrawn {
-                        scope.withdrawn.insert(*id);
-                    }
-                }
-                scope.templates.clear();
-                ids.len()
-            }
+        let ids: Vec<u16> = match what {
+            Withdrawal::One(id) => vec![id],
+            Withdrawal::All(kind) => scope
+                .templates
+                .iter()
+                .filter(|(_, plan)| plan.kind == kind)
+                .map(|(id, _)| *id)
+                .collect(),
         };
+        let mut removed = 0;
+        for id in ids {
+            removed += usize::from(scope.templates.remove(&id).is_some());
+            if scope.withdrawn.len() < max_withdrawn {
+                scope.withdrawn.insert(id);
+            }
+        }
         self.template_count -= removed;
     }
 
@@ -347,23 +359,39 @@ impl Decoder {
                     out.push(f.finish(base, rate));
                 })
             }
-            PlanKind::Options => plan.for_each_record(body, |f: &Fields| {
-                if let Some(init) = f.system_init_ms {
-                    scope.system_init_ms = Some(init);
-                }
-                if let Some(rate) = f.own_sampling_rate() {
-                    match f.sampler_id {
-                        Some(id) => {
-                            if scope.samplers.len() < max_samplers
-                                || scope.samplers.contains_key(&id)
+            PlanKind::Options => {
+                // Collect first and apply only when the whole set decoded, so a set that
+                // overruns half-way changes no sampling or time state.
+                let mut updates: Vec<OptionsUpdate> = Vec::new();
+                let result = plan.for_each_record(body, |f: &Fields| {
+                    let rate = f.own_sampling_rate();
+                    if f.system_init_ms.is_some() || rate.is_some() {
+                        updates.push(OptionsUpdate {
+                            system_init_ms: f.system_init_ms,
+                            sampler_id: f.sampler_id,
+                            rate,
+                        });
+                    }
+                });
+                if result.is_ok() {
+                    for u in updates {
+                        if let Some(init) = u.system_init_ms {
+                            scope.system_init_ms = Some(init);
+                        }
+                        match (u.rate, u.sampler_id) {
+                            (Some(rate), Some(id))
+                                if scope.samplers.len() < max_samplers
+                                    || scope.samplers.contains_key(&id) =>
                             {
                                 scope.samplers.insert(id, rate);
                             }
+                            (Some(rate), None) => scope.default_rate = Some(rate),
+                            _ => {}
                         }
-                        None => scope.default_rate = Some(rate),
                     }
                 }
-            }),
+                result
+            }
         };
         match result {
             Ok(n) => Ok(n),

@@ -107,8 +107,8 @@ pub fn decode(
     decoder.scope(key, now_ms);
     for (set_id, body) in sets {
         let result = match set_id {
-            0 => templates(decoder, key, body, now_ms, out),
-            1 => options_templates(decoder, key, body, now_ms, out),
+            0 => templates(decoder, key, body, now_ms, out, &mut summary.set_errors),
+            1 => options_templates(decoder, key, body, now_ms, out, &mut summary.set_errors),
             2..=255 => Ok(()),
             id => match decoder.data_set(key, id, base, body, now_ms, out) {
                 Ok(SetOutcome::Held) => {
@@ -127,7 +127,8 @@ pub fn decode(
     Ok(summary)
 }
 
-/// Install a template and decode any data that was held for it.
+/// Install a template and decode any data that was held for it. Problems go to
+/// `errors`; none of them stops the caller from reading the rest of its template set.
 pub(crate) fn install(
     decoder: &mut Decoder,
     key: ScopeKey,
@@ -135,11 +136,18 @@ pub(crate) fn install(
     plan: Plan,
     now_ms: i64,
     out: &mut Vec<FlowRecord>,
-) -> Result<(), DecodeError> {
-    for (base, body) in decoder.add_template(key, template_id, plan, now_ms)? {
-        decoder.data_set(key, template_id, base, &body, now_ms, out)?;
+    errors: &mut Vec<DecodeError>,
+) {
+    match decoder.add_template(key, template_id, plan, now_ms) {
+        Ok(released) => {
+            for (base, body) in released {
+                if let Err(e) = decoder.data_set(key, template_id, base, &body, now_ms, out) {
+                    errors.push(e);
+                }
+            }
+        }
+        Err(e) => errors.push(e),
     }
-    Ok(())
 }
 
 fn templates(
@@ -148,6 +156,7 @@ fn templates(
     body: &[u8],
     now_ms: i64,
     out: &mut Vec<FlowRecord>,
+    errors: &mut Vec<DecodeError>,
 ) -> Result<(), DecodeError> {
     let mut at = 0usize;
     while body.len() - at >= 4 {
@@ -184,7 +193,7 @@ fn templates(
         }
         at += count * 4;
         let plan = build_plan(template_id, PlanKind::Data, specs)?;
-        install(decoder, key, template_id, plan, now_ms, out)?;
+        install(decoder, key, template_id, plan, now_ms, out, errors);
     }
     Ok(())
 }
@@ -195,6 +204,7 @@ fn options_templates(
     body: &[u8],
     now_ms: i64,
     out: &mut Vec<FlowRecord>,
+    errors: &mut Vec<DecodeError>,
 ) -> Result<(), DecodeError> {
     let mut at = 0usize;
     while body.len() - at >= 6 {
@@ -228,6 +238,11 @@ fn options_templates(
             let field_type = be::u16_at(body, at + i * 4).unwrap_or(0);
             let length = be::u16_at(body, at + i * 4 + 2).unwrap_or(0);
             if length == 0 {
+                // Juniper sends a System scope of length 0: it takes no bytes in the
+                // records, so leave it out. Zero-length option fields stay an error.
+                if i < scope_count {
+                    continue;
+                }
                 return Err(DecodeError::ZeroLengthField {
                     template_id,
                     field_type,
@@ -243,7 +258,7 @@ fn options_templates(
         }
         at += count * 4;
         let plan = build_plan(template_id, PlanKind::Options, specs)?;
-        install(decoder, key, template_id, plan, now_ms, out)?;
+        install(decoder, key, template_id, plan, now_ms, out, errors);
         // Options template records are padded to 4 bytes in some exporters.
         while at < body.len() && at % 4 != 0 && body.get(at) == Some(&0) {
             at += 1;

@@ -82,7 +82,8 @@ pub struct RawCollector {
     pub stats_interval_secs: Option<u64>,
     /// Seconds data waits for its template before it is counted as expired. Default 60.
     pub template_wait_secs: Option<u64>,
-    /// Distinct keys per bucket and report kind before new keys go to "other". Default 100000.
+    /// Keys a bucket tracks per report kind (heavy-hitter table size); when a bucket has
+    /// more distinct keys, the smallest are folded into "other". Default 2048.
     pub max_keys_per_bucket: Option<usize>,
 }
 
@@ -217,19 +218,19 @@ impl RawConfig {
             })
             .transpose()?;
         let top_n = c.top_n.unwrap_or(200);
-        if !(1..=100_000).contains(&top_n) {
+        if !(1..=10_000).contains(&top_n) {
             return Err(invalid(
                 "collector.top_n",
                 top_n,
-                "must be between 1 and 100000",
+                "must be between 1 and 10000",
             ));
         }
-        let max_keys = c.max_keys_per_bucket.unwrap_or(100_000);
-        if max_keys < top_n {
+        let max_keys = c.max_keys_per_bucket.unwrap_or(2048);
+        if max_keys < top_n || max_keys > 1 << 20 {
             return Err(invalid(
                 "collector.max_keys_per_bucket",
                 max_keys,
-                "must be at least collector.top_n",
+                "must be at least collector.top_n and at most 1048576",
             ));
         }
         let workers = match c.workers.unwrap_or(0) {

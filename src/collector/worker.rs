@@ -189,8 +189,8 @@ impl Worker {
                     }
                     st.flows += r.flows;
                     st.bytes += r.scaled_bytes();
-                    self.aggregator.add(addr, r, now_ms);
                 }
+                self.aggregator.add_batch(addr, &self.records, now_ms);
             }
             Err(e) => {
                 let key = ExporterKey {

@@ -206,3 +206,66 @@ fn allow_list_drops_and_counts_others() {
         "filter by address"
     );
 }
+
+/// SIGHUP re-reads exporter names and sampling overrides; nothing buffered is lost.
+#[test]
+fn sighup_reloads_exporter_settings() {
+    let pg = Pg::shared();
+    let (db, url) = pg.create_database("e2e_sighup");
+    let dir = support::data_dir("sighup");
+    let config = dir.path().join("flowstage.toml");
+    std::fs::write(
+        &config,
+        "[[exporter]]\naddress = \"127.0.0.50\"\nname = \"rtr-old\"\n",
+    )
+    .unwrap();
+    let c = Collector::start(&url, dir.path(), &["--config", config.to_str().unwrap()]);
+    let mut opts = GenOptions {
+        protocol: EncodeProtocol::Ipfix,
+        ipv6: false,
+        seed: 8,
+        flows: 2_000,
+        rate: Some(100_000),
+        exporters: 1,
+        first_source: 50,
+        target: c.target(),
+        sampling: 0,
+        spread_secs: 10,
+        age_secs: 1,
+    };
+    let before = gen::run(&opts, |_| {}).unwrap();
+    c.wait_for("first part decoded", |c| {
+        c.metric("flowstage_exporter_flows_total", &[]) == before.total.flows
+    });
+    std::fs::write(
+        &config,
+        "[[exporter]]\naddress = \"127.0.0.50\"\nname = \"rtr-new\"\nsampling_rate = 10\n",
+    )
+    .unwrap();
+    c.signal(nix::sys::signal::Signal::SIGHUP);
+    c.wait_for("the reload", |c| {
+        c.log_text().contains("exporter settings reloaded")
+    });
+    opts.seed = 9;
+    let after = gen::run(&opts, |_| {}).unwrap();
+    c.wait_for("second part decoded", |c| {
+        c.metric("flowstage_exporter_flows_total", &[]) == before.total.flows + after.total.flows
+    });
+    let (status, _) = c.terminate();
+    assert!(status.success());
+    let rows = report_rows(&report(&url, "exporter", &[]));
+    let b = before.total.bytes + 10 * after.total.bytes;
+    let p = before.total.packets + 10 * after.total.packets;
+    let f = before.total.flows + after.total.flows;
+    assert_eq!(
+        rows.into_iter().collect::<Vec<_>>(),
+        vec![("rtr-new".to_string(), (b, p, f))]
+    );
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT string_agg(DISTINCT sampling_rate::text, ',') FROM flow_totals"
+        ),
+        "1,10"
+    );
+}

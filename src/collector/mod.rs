@@ -127,7 +127,8 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         worker_txs.push(tx);
         reports.push(report);
     }
-    drop(writer_tx);
+    // Kept for SIGHUP (exporter names); dropped before waiting for the writer to finish.
+    let names_tx = writer_tx;
 
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(ReceiveCounters::default());
@@ -156,8 +157,16 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             tracing::info!(%addr, "serving Prometheus metrics");
             tokio::spawn(serve_metrics(listener, observed.clone()));
         }
-        wait_for_stop(&config, config_path.as_deref(), &settings, &observed).await
+        wait_for_stop(
+            &config,
+            config_path.as_deref(),
+            &settings,
+            &names_tx,
+            &observed,
+        )
+        .await
     })?;
+    drop(names_tx);
 
     tracing::info!("stopping: draining sockets and flushing open buckets");
     stop.store(true, Ordering::Relaxed);
@@ -182,6 +191,7 @@ async fn wait_for_stop(
     config: &Config,
     config_path: Option<&std::path::Path>,
     settings: &SharedSettings,
+    names: &tokio::sync::mpsc::UnboundedSender<WriterMsg>,
     observed: &Observed,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -195,13 +205,17 @@ async fn wait_for_stop(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(config_path, settings),
+            _ = hup.recv() => reload(config_path, settings, names),
             _ = stat_timer.tick(), if interval > 0 => tracing::info!("{}", observed.snapshot().stat_line()),
         }
     }
 }
 
-fn reload(config_path: Option<&std::path::Path>, settings: &SharedSettings) {
+fn reload(
+    config_path: Option<&std::path::Path>,
+    settings: &SharedSettings,
+    names: &tokio::sync::mpsc::UnboundedSender<WriterMsg>,
+) {
     let Some(path) = config_path else {
         tracing::info!("SIGHUP: no configuration file to reload");
         return;
@@ -212,6 +226,7 @@ fn reload(config_path: Option<&std::path::Path>, settings: &SharedSettings) {
                 &new.exporters,
                 &new.collector.allowed_exporters,
             ));
+            let _ = names.send(WriterMsg::Exporters(new.exporters.clone()));
             tracing::info!(
                 exporters = new.exporters.len(),
                 "SIGHUP: exporter settings reloaded from {}",

@@ -246,7 +246,7 @@ fn bench_aggregate(c: &mut Criterion) {
     let records: usize = datagrams.iter().map(Vec::len).sum();
     assert_eq!(records, w.records);
     // The collector's defaults: collector.top_n and collector.max_keys_per_bucket.
-    let new = || Aggregator::new(200, 2048, "bench".to_string());
+    let new = || Aggregator::new(200, 1024, "bench".to_string());
     let add_all = |agg: &mut Aggregator| {
         for d in &datagrams {
             agg.add_batch(EXPORTER, black_box(d), NOW_MS);

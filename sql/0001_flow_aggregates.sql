@@ -23,17 +23,22 @@ CREATE TABLE interfaces (
     PRIMARY KEY (exporter_id, ifindex)
 );
 
--- Timestamps are kept by the database itself: any change to a row stamps updated_at,
--- so nobody runs "UPDATE ... SET timestamp" by hand.
+-- Timestamps are kept by the database itself: the collector advances last_seen as it
+-- writes, and a change of name or description stamps updated_at, so nobody runs
+-- "UPDATE ... SET timestamp" by hand.
 CREATE FUNCTION flowstage_touch() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.updated_at := now();
     RETURN NEW;
 END $$;
 CREATE TRIGGER exporters_touch BEFORE UPDATE ON exporters
-    FOR EACH ROW EXECUTE FUNCTION flowstage_touch();
+    FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name)
+    EXECUTE FUNCTION flowstage_touch();
 CREATE TRIGGER interfaces_touch BEFORE UPDATE ON interfaces
-    FOR EACH ROW EXECUTE FUNCTION flowstage_touch();
+    FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name
+                       OR OLD.description IS DISTINCT FROM NEW.description
+                       OR OLD.speed_bps IS DISTINCT FROM NEW.speed_bps)
+    EXECUTE FUNCTION flowstage_touch();
 
 -- One row per bucket batch written; makes replays and retries idempotent.
 CREATE TABLE ingest_batches (

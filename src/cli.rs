@@ -12,13 +12,15 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::encode::EncodeProtocol;
 use crate::report::{ReportBy, ReportFormat, ReportQuery};
 
-/// Log to stderr; `RUST_LOG` overrides the default `info`.
+/// Log to stderr (colours only on a terminal); `RUST_LOG` overrides the default `info`.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

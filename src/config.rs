@@ -83,7 +83,7 @@ pub struct RawCollector {
     /// Seconds data waits for its template before it is counted as expired. Default 60.
     pub template_wait_secs: Option<u64>,
     /// Keys a bucket tracks per report kind (heavy-hitter table size); when a bucket has
-    /// more distinct keys, the smallest are folded into "other". Default 2048.
+    /// more distinct keys, the smallest are folded into "other". Default 1024.
     pub max_keys_per_bucket: Option<usize>,
 }
 
@@ -225,7 +225,7 @@ impl RawConfig {
                 "must be between 1 and 10000",
             ));
         }
-        let max_keys = c.max_keys_per_bucket.unwrap_or(2048);
+        let max_keys = c.max_keys_per_bucket.unwrap_or(1024);
         if max_keys < top_n || max_keys > 1 << 20 {
             return Err(invalid(
                 "collector.max_keys_per_bucket",

@@ -107,6 +107,15 @@ fn to_u64(v: i64) -> u64 {
 }
 
 pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
+    anyhow::ensure!(q.top >= 1, "--top {}: must be at least 1", q.top);
+    let schema: Option<String> = client
+        .query_one("SELECT to_regclass('flow_totals')::text", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        schema.is_some(),
+        "this database has no Flowstage tables yet; the collector creates them when it starts"
+    );
     let (table, key, extra) = q.by.source();
     let direction = q.direction as i16;
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> =

@@ -76,6 +76,15 @@ pub fn bind(addr: SocketAddr, receive_buffer: usize) -> anyhow::Result<(UdpSocke
     Ok((socket.into(), effective))
 }
 
+/// Whether a bind error means the address family is missing (IPv6 disabled).
+pub fn is_unsupported(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|code| code == nix::libc::EAFNOSUPPORT || code == nix::libc::EADDRNOTAVAIL)
+    })
+}
+
 fn worker_for(addr: &IpAddr, workers: usize) -> usize {
     let mut h = rustc_hash::FxHasher::default();
     addr.hash(&mut h);
@@ -171,8 +180,18 @@ pub fn receive_loop(
                 }
             }
         }
+        // A short read means datagrams trickle in one by one; waking up for each costs
+        // more than handling it. Let a few accumulate in the (large) socket buffer:
+        // fewer wake-ups here and in the workers, bigger batches, same data.
+        if !draining && got.len() < BATCH / 4 {
+            std::thread::sleep(COALESCE);
+        }
     }
 }
+
+/// How long the receive thread lets datagrams accumulate after a short read. At 100 000
+/// datagrams/s that is 50 datagrams, far below what the socket buffer holds.
+const COALESCE: Duration = Duration::from_micros(500);
 
 /// Kernel receive-queue drops for UDP sockets bound to `ports`, from /proc/net/udp{,6}.
 pub fn kernel_drops(ports: &[u16]) -> u64 {

@@ -249,7 +249,7 @@ impl Snapshot {
             g.clock_skewed_flows,
         );
         gauge("templates", "gauge", "Templates cached.", g.templates);
-        let series: [Series; 8] = [
+        let series: [Series; 9] = [
             (
                 "exporter_packets_total",
                 "counter",
@@ -291,6 +291,12 @@ impl Snapshot {
                 "counter",
                 "Datagrams refused by the allow-list.",
                 |s, _| s.not_allowed,
+            ),
+            (
+                "exporter_first_seen_seconds",
+                "gauge",
+                "Unix time of the first datagram.",
+                |s, _| (s.first_seen_ms / 1000) as u64,
             ),
             (
                 "exporter_last_seen_seconds",

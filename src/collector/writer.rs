@@ -42,8 +42,11 @@ pub struct Writer {
     stats: Arc<Mutex<GlobalStats>>,
     ensured_days: HashSet<i64>,
     names: Option<Vec<ExporterConfig>>,
+    next_attempt: Instant,
+    backoff: Duration,
 }
 
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
@@ -58,6 +61,8 @@ impl Writer {
             stats,
             ensured_days: HashSet::new(),
             names: None,
+            next_attempt: Instant::now(),
+            backoff: MIN_BACKOFF,
         }
     }
 
@@ -71,8 +76,6 @@ impl Writer {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
         let mut queue: VecDeque<Batch> = VecDeque::new();
         let mut closed = false;
-        let mut backoff = Duration::from_millis(250);
-        let mut next_attempt = Instant::now();
         let mut was_down = false;
         loop {
             let idle = queue.is_empty() && self.spool.is_empty() && self.names.is_none();
@@ -82,7 +85,7 @@ impl Writer {
                         Some(m) => self.accept(m, &mut queue),
                         None => closed = true,
                     },
-                    _ = tokio::time::sleep_until(next_attempt), if !idle => {}
+                    _ = tokio::time::sleep_until(self.next_attempt), if !idle => {}
                 }
             }
             while let Ok(m) = rx.try_recv() {
@@ -95,22 +98,20 @@ impl Writer {
             {
                 break;
             }
-            if self.client.is_none() && (Instant::now() >= next_attempt || closed) {
+            if self.client.is_none() && (Instant::now() >= self.next_attempt || closed) {
                 match self.connect().await {
                     Ok(()) => {
                         if was_down {
                             tracing::info!("database reachable again; replaying the spool");
                         }
                         was_down = false;
-                        backoff = Duration::from_millis(250);
                     }
                     Err(e) => {
                         if !was_down {
                             tracing::warn!("database unavailable, spooling batches: {e:#}");
                         }
                         was_down = true;
-                        next_attempt = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        self.back_off();
                     }
                 }
             }
@@ -176,6 +177,7 @@ impl Writer {
             };
             match self.write(&batch).await {
                 Ok(outcome) => {
+                    self.backoff = MIN_BACKOFF;
                     let _ = self.spool.remove(&path);
                     self.stat(|g| {
                         g.batches_replayed += 1;
@@ -185,7 +187,7 @@ impl Writer {
                         }
                     });
                 }
-                Err(e) if self.connection_lost() => {
+                Err(e) if !is_data_error(&e) => {
                     tracing::warn!("database write failed, keeping the spool: {e:#}");
                     self.lost_connection();
                     return;
@@ -201,11 +203,14 @@ impl Writer {
         }
         while let Some(batch) = queue.pop_front() {
             match self.write(&batch).await {
-                Ok(outcome) => self.stat(|g| match outcome {
-                    WriteOutcome::Written => g.batches_written += 1,
-                    WriteOutcome::Duplicate => g.batches_duplicate += 1,
-                }),
-                Err(e) if self.connection_lost() => {
+                Ok(outcome) => {
+                    self.backoff = MIN_BACKOFF;
+                    self.stat(|g| match outcome {
+                        WriteOutcome::Written => g.batches_written += 1,
+                        WriteOutcome::Duplicate => g.batches_duplicate += 1,
+                    });
+                }
+                Err(e) if !is_data_error(&e) => {
                     tracing::warn!("database write failed, spooling: {e:#}");
                     queue.push_front(batch);
                     self.lost_connection();
@@ -224,12 +229,16 @@ impl Writer {
         }
     }
 
-    fn connection_lost(&self) -> bool {
-        self.client.as_ref().is_none_or(|c| c.is_closed())
-    }
-
+    /// Drop the connection and wait before the next attempt, so a database that accepts
+    /// connections but fails every write is not hammered.
     fn lost_connection(&mut self) {
         self.client = None;
+        self.back_off();
+    }
+
+    fn back_off(&mut self) {
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
     fn spool_batch(&mut self, batch: &Batch) {
@@ -340,6 +349,17 @@ impl Writer {
         self.ensured_days.extend(new_days);
         Ok(WriteOutcome::Written)
     }
+}
+
+/// Whether the database refused the batch's data itself (SQLSTATE classes 22, data
+/// exception, and 23, integrity violation): retrying cannot help, so the batch is set
+/// aside. Everything else (connection loss, shutdown, permissions, a missing table) is
+/// treated as an outage: the batch stays spooled and is retried, never dropped.
+fn is_data_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .filter_map(|pg| pg.code())
+        .any(|code| code.code().starts_with("22") || code.code().starts_with("23"))
 }
 
 /// COPY text of every table for one batch.

@@ -31,6 +31,11 @@ install -d -o flowstage -g flowstage -m 0750 /var/lib/flowstage /var/log/flowsta
 install -d -m 0755 /etc/flowstage
 [ -f /etc/flowstage/flowstage.toml ] || install -m 0644 provision/flowstage.example.toml /etc/flowstage/flowstage.toml
 
+# Room for bursts: the collector asks for a 32 MiB receive buffer; without
+# CAP_NET_ADMIN (SysV mode) the kernel caps it at rmem_max.
+echo "net.core.rmem_max = 33554432" > /etc/sysctl.d/60-flowstage.conf
+sysctl -q -p /etc/sysctl.d/60-flowstage.conf 2>/dev/null || echo "install.sh: could not raise net.core.rmem_max here (container?)" >&2
+
 systemd_pid1=false
 [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && systemd_pid1=true
 if ! $systemd_pid1; then
@@ -54,4 +59,5 @@ else
 fi
 echo "Flowstage collector installed: UDP 2055 (v5, v9, IPFIX). Try:"
 echo "  flowstage-collector gen --target 127.0.0.1:2055 --flows 10000"
-echo "  sleep 120; flowstage-collector report --by dst-port --from -1h"
+echo "  sleep 120   # a minute bucket is written a minute after it ends"
+echo "  runuser -u flowstage -- flowstage-collector report --by dst-port --from -1h"

@@ -36,6 +36,20 @@ as_pg "$PG/initdb -D $work/pg -U postgres --auth=trust --no-sync >/dev/null"
 as_pg "$PG/pg_ctl -D $work/pg -l $work/pg.log -o \"-k $work -p $port -c listen_addresses='' -c fsync=off -c synchronous_commit=off\" start >/dev/null"
 # The rate the generator really reached (it cannot always keep up on a busy machine).
 achieved_rate() { sed -n 's/.*rate="\{0,1\}\([0-9]*\).*/\1/p' "$work/gen.log" | tail -1; }
+# Send rate × SECS flows to the receiver with pid $1, then stop it with SIGTERM;
+# sets $achieved and $rss (peak, MB).
+measure() {
+    "$BIN" gen --target "127.0.0.1:$udp" --protocol "$proto" --flows "$flows" --rate "$rate" \
+        --exporters "$EXPORTERS" --expected "$work/expected.json" 2>"$work/gen.log"
+    achieved=$(achieved_rate)
+    sleep 2
+    rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$1/status")
+    kill -TERM "$1"; wait "$1" || true
+}
+row() {
+    loss=$(python3 -c "print(f'{100*($flows-$stored)/$flows:.3f}')")
+    printf '%-9s %-6s %10s %10s %10s %10s %8s %7s\n' "$1" "$proto" "$rate" "$achieved" "$flows" "$stored" "$loss" "$rss"
+}
 url() { echo "postgresql:///$1?host=$work&port=$port&user=postgres"; }
 
 udp=$((40000 + RANDOM % 10000))
@@ -53,29 +67,17 @@ for proto in $PROTOCOLS; do
             --data-dir "$work/data" --metrics "127.0.0.1:$metrics" --stats-interval 0 2>"$work/collector.log" &
         cpid=$!; pids+=("$cpid")
         for _ in $(seq 50); do curl -sf "127.0.0.1:$metrics" >/dev/null && break; sleep 0.1; done
-        "$BIN" gen --target "127.0.0.1:$udp" --protocol "$proto" --flows "$flows" --rate "$rate" \
-            --exporters "$EXPORTERS" --expected "$work/expected.json" 2>"$work/gen.log"
-        achieved=$(achieved_rate)
-        sleep 2
-        rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$cpid/status")
-        kill -TERM "$cpid"; wait "$cpid" || true
+        measure "$cpid"
         stored=$("$BIN" report --config /dev/null --database "$(url "$db")" --from -1d --to +1h --format json \
             | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["flows"])')
-        loss=$(python3 -c "print(f'{100*($flows-$stored)/$flows:.3f}')")
-        printf '%-9s %-6s %10s %10s %10s %10s %8s %7s\n' flowstage "$proto" "$rate" "$achieved" "$flows" "$stored" "$loss" "$rss"
+        row flowstage
         # nfcapd, same offered rate
         rm -rf "$work/nfcapd" && mkdir -p "$work/nfcapd"
         nfcapd -w "$work/nfcapd" -p "$udp" -b 127.0.0.1 -B 33554432 >/dev/null 2>&1 &
         npid=$!; pids+=("$npid")
         sleep 1
-        "$BIN" gen --target "127.0.0.1:$udp" --protocol "$proto" --flows "$flows" --rate "$rate" \
-            --exporters "$EXPORTERS" --expected "$work/expected.json" 2>"$work/gen.log"
-        achieved=$(achieved_rate)
-        sleep 2
-        rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$npid/status")
-        kill -TERM "$npid"; wait "$npid" || true
+        measure "$npid"
         stored=$(nfdump -R "$work/nfcapd" -I 2>/dev/null | awk '/^Flows:/ {s += $2} END {print s + 0}')
-        loss=$(python3 -c "print(f'{100*($flows-$stored)/$flows:.3f}')")
-        printf '%-9s %-6s %10s %10s %10s %10s %8s %7s\n' nfcapd "$proto" "$rate" "$achieved" "$flows" "$stored" "$loss" "$rss"
+        row nfcapd
     done
 done

@@ -219,6 +219,26 @@ pub struct GenOptions {
     pub age_secs: u64,
 }
 
+impl GenOptions {
+    /// The `gen` command's defaults: 10 000 IPv4 flows, seed 1, one exporter at
+    /// 127.0.0.10, unsampled, unpaced, ending over the last 30 s.
+    pub fn new(protocol: EncodeProtocol, target: SocketAddr) -> Self {
+        GenOptions {
+            protocol,
+            ipv6: false,
+            seed: 1,
+            flows: 10_000,
+            rate: None,
+            exporters: 1,
+            first_source: 10,
+            target,
+            sampling: 0,
+            spread_secs: 30,
+            age_secs: 1,
+        }
+    }
+}
+
 /// Send the traffic and return what was sent. Stops by itself after `flows` flows.
 pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<Expected> {
     anyhow::ensure!(opts.exporters > 0, "--exporters must be at least 1");

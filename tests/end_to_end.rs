@@ -18,17 +18,13 @@ fn send(
     exporters: u8,
 ) -> Expected {
     let opts = GenOptions {
-        protocol,
         ipv6,
         seed,
         flows,
         rate: Some(100_000),
         exporters,
         first_source: 20,
-        target: c.target(),
-        sampling: 0,
-        spread_secs: 30,
-        age_secs: 1,
+        ..GenOptions::new(protocol, c.target())
     };
     gen::run(&opts, |_| {}).unwrap()
 }
@@ -128,17 +124,12 @@ fn sampled_v5_is_scaled() {
     let dir = support::data_dir("sampled");
     let c = Collector::start(&url, dir.path(), &[]);
     let opts = GenOptions {
-        protocol: EncodeProtocol::V5,
-        ipv6: false,
         seed: 3,
         flows: 3_000,
         rate: Some(100_000),
-        exporters: 1,
         first_source: 30,
-        target: c.target(),
         sampling: 0x4000 | 100,
-        spread_secs: 10,
-        age_secs: 1,
+        ..GenOptions::new(EncodeProtocol::V5, c.target())
     };
     let e = gen::run(&opts, |_| {}).unwrap();
     c.wait_for("all flows decoded", |c| {
@@ -169,17 +160,11 @@ fn allow_list_drops_and_counts_others() {
     .unwrap();
     let c = Collector::start(&url, dir.path(), &["--config", config.to_str().unwrap()]);
     let mut opts = GenOptions {
-        protocol: EncodeProtocol::V9,
-        ipv6: false,
         seed: 5,
         flows: 2_000,
         rate: Some(100_000),
-        exporters: 1,
         first_source: 40,
-        target: c.target(),
-        sampling: 0,
-        spread_secs: 10,
-        age_secs: 1,
+        ..GenOptions::new(EncodeProtocol::V9, c.target())
     };
     let allowed = gen::run(&opts, |_| {}).unwrap();
     opts.first_source = 41;
@@ -221,17 +206,11 @@ fn sighup_reloads_exporter_settings() {
     .unwrap();
     let c = Collector::start(&url, dir.path(), &["--config", config.to_str().unwrap()]);
     let mut opts = GenOptions {
-        protocol: EncodeProtocol::Ipfix,
-        ipv6: false,
         seed: 8,
         flows: 2_000,
         rate: Some(100_000),
-        exporters: 1,
         first_source: 50,
-        target: c.target(),
-        sampling: 0,
-        spread_secs: 10,
-        age_secs: 1,
+        ..GenOptions::new(EncodeProtocol::Ipfix, c.target())
     };
     let before = gen::run(&opts, |_| {}).unwrap();
     c.wait_for("first part decoded", |c| {

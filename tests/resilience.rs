@@ -14,17 +14,12 @@ use support::{report, totals, Collector, Pg};
 
 fn opts(c: &Collector, protocol: EncodeProtocol, seed: u64, flows: u64, source: u8) -> GenOptions {
     GenOptions {
-        protocol,
-        ipv6: false,
         seed,
         flows,
         rate: Some(50_000),
-        exporters: 1,
         first_source: source,
-        target: c.target(),
-        sampling: 0,
         spread_secs: 20,
-        age_secs: 1,
+        ..GenOptions::new(protocol, c.target())
     }
 }
 
@@ -223,35 +218,19 @@ fn database_outage_of_30s_loses_nothing() {
     // Flows that ended minutes ago sit in closed minutes, so with no grace every
     // second's worth is a finished batch: batches keep coming during the outage.
     let c = Collector::start(&url, dir.path(), &["--flush-grace", "0"]);
-    let stream = |seed: u64, flows: u64, target| GenOptions {
+    let stream = |seed: u64, flows: u64| GenOptions {
         rate: Some(2_000),
         spread_secs: 60,
         age_secs: 120,
-        target,
         ..opts(&c, EncodeProtocol::V5, seed, flows, 80)
     };
-    let first = gen::run(&stream(31, 6_000, c.target()), |_| {}).unwrap();
+    let first = gen::run(&stream(31, 6_000), |_| {}).unwrap();
     c.wait_for("first part written", |c| {
         c.metric("flowstage_batches_written_total", &[]) > 0
     });
     pg.stop();
-    let target = c.target();
-    let during = std::thread::spawn(move || {
-        let o = GenOptions {
-            protocol: EncodeProtocol::V5,
-            ipv6: false,
-            seed: 32,
-            flows: 60_000,
-            rate: Some(2_000),
-            exporters: 1,
-            first_source: 80,
-            target,
-            sampling: 0,
-            spread_secs: 60,
-            age_secs: 120,
-        };
-        gen::run(&o, |_| {})
-    });
+    let during_opts = stream(32, 60_000);
+    let during = std::thread::spawn(move || gen::run(&during_opts, |_| {}));
     std::thread::sleep(Duration::from_secs(30));
     assert!(
         c.metric("flowstage_batches_spooled_total", &[]) > 0,
@@ -260,7 +239,7 @@ fn database_outage_of_30s_loses_nothing() {
     assert_eq!(c.metric("flowstage_database_up", &[]), 0);
     pg.restart();
     let during: Expected = during.join().unwrap().unwrap();
-    let last = gen::run(&stream(33, 4_000, c.target()), |_| {}).unwrap();
+    let last = gen::run(&stream(33, 4_000), |_| {}).unwrap();
     let flows = first.total.flows + during.total.flows + last.total.flows;
     c.wait_for("all decoded and the spool replayed", |c| {
         c.metric("flowstage_exporter_flows_total", &[]) == flows

@@ -248,3 +248,69 @@ fn sighup_reloads_exporter_settings() {
         "1,10"
     );
 }
+
+/// One port takes v5, v9 and IPFIX (the version is read per datagram), over IPv4 and
+/// IPv6 listeners at once.
+#[test]
+fn one_port_takes_every_version_over_ipv4_and_ipv6() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipping: this host has no IPv6 loopback (::1)");
+        return;
+    }
+    let pg = Pg::shared();
+    let (_, url) = pg.create_database("e2e_mixed");
+    let dir = support::data_dir("mixed");
+    let v6_port = support::free_udp_port();
+    let v6_target: std::net::SocketAddr = format!("[::1]:{v6_port}").parse().unwrap();
+    let c = Collector::start(&url, dir.path(), &["--listen", &v6_target.to_string()]);
+    let mut expected = Vec::new();
+    for (seed, protocol) in [
+        (41, EncodeProtocol::V5),
+        (42, EncodeProtocol::V9),
+        (43, EncodeProtocol::Ipfix),
+    ] {
+        let over_v6 = GenOptions {
+            seed,
+            flows: 1_000,
+            ..GenOptions::new(protocol, v6_target)
+        };
+        expected.push(gen::run(&over_v6, |_| {}).unwrap());
+        let over_v4 = GenOptions {
+            seed,
+            flows: 1_000,
+            first_source: 60,
+            ..GenOptions::new(protocol, c.target())
+        };
+        expected.push(gen::run(&over_v4, |_| {}).unwrap());
+    }
+    let flows: u64 = expected.iter().map(|e| e.total.flows).sum();
+    c.wait_for("all versions decoded", |c| {
+        c.metric("flowstage_exporter_flows_total", &[]) == flows
+    });
+    for protocol in ["v5", "v9", "ipfix"] {
+        assert_eq!(
+            c.metric(
+                "flowstage_exporter_flows_total",
+                &["exporter=\"::1\"", &format!("protocol=\"{protocol}\"")]
+            ),
+            1_000,
+            "{protocol} over IPv6"
+        );
+    }
+    let (status, _) = c.terminate();
+    assert!(status.success());
+    let rows = report_rows(&report(&url, "exporter", &[]));
+    let sum = |from: &[Expected]| {
+        from.iter().fold((0, 0, 0), |a, e| {
+            (
+                a.0 + e.total.bytes,
+                a.1 + e.total.packets,
+                a.2 + e.total.flows,
+            )
+        })
+    };
+    let v6: Vec<Expected> = expected.iter().step_by(2).cloned().collect();
+    let v4: Vec<Expected> = expected.iter().skip(1).step_by(2).cloned().collect();
+    assert_eq!(rows.get("::1"), Some(&sum(&v6)));
+    assert_eq!(rows.get("127.0.0.60"), Some(&sum(&v4)));
+}

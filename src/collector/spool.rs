@@ -125,3 +125,70 @@ impl Spool {
         Ok(target)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::batch::{Batch, Bucket, Direction};
+    use crate::totals::Totals;
+
+    fn batch(id: &str) -> Batch {
+        Batch {
+            id: id.to_string(),
+            buckets: vec![Bucket {
+                minute: 1_700_000_040,
+                exporter: "192.0.2.1".parse().unwrap(),
+                ifindex: 3,
+                direction: Direction::In,
+                totals: vec![(
+                    1,
+                    Totals {
+                        bytes: 100,
+                        packets: 2,
+                        flows: 1,
+                    },
+                )],
+                dimensions: Vec::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn batches_come_back_in_order_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(spool.is_empty());
+        spool.push(&batch("a")).unwrap();
+        spool.push(&batch("b")).unwrap();
+        // A write interrupted before its rename is not a batch.
+        std::fs::write(dir.path().join("00000000000000000009.tmp"), b"{").unwrap();
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.push(&batch("c")).unwrap();
+        let ids: Vec<String> = spool
+            .entries()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| spool.read(p).unwrap().id)
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(!dir.path().join("00000000000000000009.tmp").exists());
+        let bytes = spool.bytes();
+        let (_, first) = spool.entries().unwrap()[0].clone();
+        spool.remove(&first).unwrap();
+        assert!(spool.bytes() < bytes);
+        assert_eq!(spool.entries().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_full_spool_refuses_and_keeps_what_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = serde_json::to_vec(&batch("a")).unwrap().len() as u64;
+        let mut spool = Spool::open(dir.path(), size * 2).unwrap();
+        assert_eq!(spool.push(&batch("a")).unwrap(), SpoolOutcome::Stored);
+        assert_eq!(spool.push(&batch("b")).unwrap(), SpoolOutcome::Stored);
+        assert_eq!(spool.push(&batch("c")).unwrap(), SpoolOutcome::Full);
+        assert_eq!(spool.entries().unwrap().len(), 2);
+        assert_eq!(spool.bytes(), size * 2);
+    }
+}

@@ -141,7 +141,8 @@ impl Writer {
         }
     }
 
-    async fn connect(&mut self) -> anyhow::Result<()> {
+    /// Connect and apply pending migrations.
+    pub async fn connect(&mut self) -> anyhow::Result<()> {
         let mut client = db::connect(&self.url).await?;
         db::migrate(&mut client).await?;
         self.ensured_days.clear();

@@ -1,7 +1,7 @@
 //! `/etc/flowstage/flowstage.toml`, read in two stages: [`RawConfig`] is exactly what
 //! the file may say (unknown keys are errors), [`RawConfig::validate`] turns it into a
 //! checked [`Config`]. Defaults are documented on each field and in
-//! `provision/answers.example.toml`.
+//! `provision/flowstage.example.toml`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -265,11 +265,11 @@ impl RawConfig {
                     "expected an IP address",
                 )
             })?;
-            if e.sampling_rate == Some(0) {
+            if let Some(rate) = e.sampling_rate.filter(|r| !(1..=1 << 24).contains(r)) {
                 return Err(invalid(
                     format!("exporter[{i}].sampling_rate"),
-                    0,
-                    "must be 1 or more",
+                    rate,
+                    "must be between 1 and 16777216",
                 ));
             }
             if exporters

@@ -16,9 +16,17 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
 
 /// Connect and spawn the connection task on the current runtime.
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
-    let config: tokio_postgres::Config = url
+    let mut config: tokio_postgres::Config = url
         .parse()
         .with_context(|| format!("invalid database URL {}", redact_url(url)))?;
+    // A half-open connection must fail, not hang the writer: bounded connect, TCP
+    // keepalives, and a statement timeout set below.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(30));
     let (client, connection) = config
         .connect(NoTls)
         .await
@@ -37,8 +45,14 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 
 /// Apply pending migrations; returns the versions applied now.
 pub async fn migrate(client: &mut Client) -> anyhow::Result<Vec<i32>> {
-    client
-        .batch_execute(
+    let mut applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        // Serialise concurrent migrators (collector and web starting together) before
+        // touching anything, the bookkeeping table included.
+        tx.execute("SELECT pg_advisory_xact_lock(7465235)", &[])
+            .await?;
+        tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version integer PRIMARY KEY,
                  name text NOT NULL,
@@ -46,12 +60,6 @@ pub async fn migrate(client: &mut Client) -> anyhow::Result<Vec<i32>> {
         )
         .await
         .context("creating schema_migrations")?;
-    let mut applied = Vec::new();
-    for &(version, name, sql) in MIGRATIONS {
-        let tx = client.transaction().await?;
-        // Serialise concurrent migrators (collector and web starting together).
-        tx.execute("SELECT pg_advisory_xact_lock(7465235)", &[])
-            .await?;
         let done = tx
             .query_opt(
                 "SELECT 1 FROM schema_migrations WHERE version = $1",

@@ -102,6 +102,10 @@ pub struct Report {
     pub total: Totals,
 }
 
+fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp().div_euclid(60) * 60, 0).unwrap_or(t)
+}
+
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -118,8 +122,10 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
     );
     let (table, key, extra) = q.by.source();
     let direction = q.direction as i16;
+    // Buckets are whole minutes: the minute `from` falls in is included, `to`'s is not.
+    let (from, to) = (floor_minute(q.from), floor_minute(q.to));
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> =
-        vec![Box::new(q.from), Box::new(q.to), Box::new(direction)];
+        vec![Box::new(from), Box::new(to), Box::new(direction)];
     let mut filter = String::from("t.minute >= $1 AND t.minute < $2 AND t.direction = $3");
     if let Some(e) = &q.exporter {
         params.push(Box::new(e.clone()));
@@ -180,8 +186,8 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
     }
     let t = client.query_one(&total_sql, &refs).await?;
     Ok(Report {
-        from: q.from.to_rfc3339(),
-        to: q.to.to_rfc3339(),
+        from: from.to_rfc3339(),
+        to: to.to_rfc3339(),
         by: q.by,
         rows,
         total: Totals {

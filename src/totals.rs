@@ -11,9 +11,10 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Saturating: a counter pinned at its maximum is visible, a wrapped one is not.
     pub fn add(&mut self, bytes: u64, packets: u64, flows: u64) {
-        self.bytes += bytes;
-        self.packets += packets;
-        self.flows += flows;
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.packets = self.packets.saturating_add(packets);
+        self.flows = self.flows.saturating_add(flows);
     }
 }

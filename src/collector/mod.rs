@@ -116,8 +116,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut worker_threads = Vec::new();
     let mut reports = Vec::new();
     for i in 0..c.workers {
-        // Each batch holds up to 64 datagrams; 512 batches bound the queue near 50 MB.
+        // Bounded twice: 512 batches, and receive::MAX_QUEUED_BYTES of datagrams.
         let (tx, rx) = crossbeam_channel::bounded(512);
+        let queued_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let report = Arc::new(Mutex::new(WorkerReport::default()));
         let w = Worker::new(
             WorkerConfig {
@@ -134,9 +135,12 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         worker_threads.push(
             std::thread::Builder::new()
                 .name(format!("flowstage-worker-{i}"))
-                .spawn(move || w.run(rx))?,
+                .spawn({
+                    let queued_bytes = queued_bytes.clone();
+                    move || w.run(rx, &queued_bytes)
+                })?,
         );
-        worker_txs.push(tx);
+        worker_txs.push(receive::WorkerQueue { tx, queued_bytes });
         reports.push(report);
     }
     // Kept for SIGHUP (exporter names); dropped before waiting for the writer to finish.

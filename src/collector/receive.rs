@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,17 @@ impl RecvBatch {
         })
     }
 }
+
+/// The way into one worker: its channel, and the bytes of datagrams queued in it, so
+/// that the queue is bounded by memory and not only by batch count.
+#[derive(Debug, Clone)]
+pub struct WorkerQueue {
+    pub tx: Sender<RecvBatch>,
+    pub queued_bytes: Arc<AtomicUsize>,
+}
+
+/// Bytes of datagrams that may wait for one worker.
+pub const MAX_QUEUED_BYTES: usize = 32 << 20;
 
 /// Counters the receive threads share with the rest of the collector.
 #[derive(Debug, Default)]
@@ -106,7 +117,7 @@ fn to_ip(s: &SockaddrStorage) -> Option<IpAddr> {
 /// Receive until `stop` is set, then read what is still queued in the socket and return.
 pub fn receive_loop(
     socket: UdpSocket,
-    workers: Vec<Sender<RecvBatch>>,
+    workers: Vec<WorkerQueue>,
     stop: Arc<AtomicBool>,
     counters: Arc<ReceiveCounters>,
 ) -> anyhow::Result<()> {
@@ -137,13 +148,18 @@ pub fn receive_loop(
                         got.push((m.address.as_ref().and_then(to_ip), m.bytes));
                     }
                 }
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
                     if draining {
                         return Ok(());
                     }
                     continue;
                 }
-                Err(e) => return Err(e).context("receiving datagrams"),
+                Err(e) => {
+                    // Said at once: this socket receives nothing more until a restart.
+                    tracing::error!("receive thread stops: {e}");
+                    return Err(e).context("receiving datagrams");
+                }
             }
         }
         if got.is_empty() {
@@ -173,11 +189,24 @@ pub fn receive_loop(
             }
             b.received_ms = now_ms;
             let n = b.items.len() as u64;
-            match workers[w].try_send(b) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    counters.queue_drops.fetch_add(n, Ordering::Relaxed);
+            let queue = &workers[w];
+            let size = b.data.len();
+            // While draining at shutdown, wait for the worker rather than drop.
+            let sent = if draining {
+                queue.tx.send(b).is_ok()
+            } else if queue.queued_bytes.load(Ordering::Relaxed) + size > MAX_QUEUED_BYTES {
+                false
+            } else {
+                match queue.tx.try_send(b) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
                 }
+            };
+            if sent {
+                queue.queued_bytes.fetch_add(size, Ordering::Relaxed);
+            }
+            if !sent {
+                counters.queue_drops.fetch_add(n, Ordering::Relaxed);
             }
         }
         // A short read means datagrams trickle in one by one; waking up for each costs

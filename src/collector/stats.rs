@@ -11,9 +11,36 @@ use crate::decode::{PacketSummary, Protocol};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExporterKey {
     pub address: IpAddr,
-    /// `None` for packets whose header could not be read.
+    /// `None` for packets whose version is unknown.
     pub protocol: Option<Protocol>,
-    pub source_id: u32,
+    /// `None` for datagrams rejected before their source id / domain could be trusted.
+    pub source_id: Option<u32>,
+}
+
+impl ExporterKey {
+    /// Where counters go once a worker tracks [`MAX_EXPORTER_KEYS`] exporters: spoofed
+    /// addresses or random source ids cannot grow memory or label sets without bound.
+    pub const OVERFLOW: ExporterKey = ExporterKey {
+        address: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        protocol: None,
+        source_id: None,
+    };
+}
+
+/// Exporter keys one worker keeps counters for.
+pub const MAX_EXPORTER_KEYS: usize = 4096;
+
+/// The counters of `key`, or of [`ExporterKey::OVERFLOW`] when the table is full.
+pub fn stats_for(
+    map: &mut BTreeMap<ExporterKey, ExporterStats>,
+    key: ExporterKey,
+) -> &mut ExporterStats {
+    let key = if map.len() >= MAX_EXPORTER_KEYS && !map.contains_key(&key) {
+        ExporterKey::OVERFLOW
+    } else {
+        key
+    };
+    map.entry(key).or_default()
 }
 
 /// Sequence-number gap tracking in the protocol's unit (v5 flows, v9 packets, IPFIX
@@ -21,7 +48,11 @@ pub struct ExporterKey {
 #[derive(Debug, Clone, Default)]
 pub struct SequenceTracker {
     expected: Option<u32>,
+    /// Advance of the last in-order packet, to tell a duplicate from a restart.
+    last_advance: u32,
     last_uptime: Option<u32>,
+    /// Units counted lost that a late packet may still fill.
+    open_gap: u64,
     pub lost_units: u64,
     pub restarts: u64,
 }
@@ -38,30 +69,41 @@ impl SequenceTracker {
         if uptime.is_some() {
             self.last_uptime = uptime;
         }
-        if restarted {
-            self.restarts += 1;
-            self.expected = advance.map(|a| sequence.wrapping_add(a));
-            return;
-        }
-        let Some(expected) = self.expected else {
-            self.expected = advance.map(|a| sequence.wrapping_add(a));
-            return;
+        let Some(expected) = self.expected.filter(|_| !restarted) else {
+            self.restarts += u64::from(restarted);
+            return self.resync(sequence, advance);
         };
         let ahead = sequence.wrapping_sub(expected);
-        let behind = expected.wrapping_sub(sequence);
+        let behind = u64::from(expected.wrapping_sub(sequence));
+        let advance_units = u64::from(advance.unwrap_or(0));
         if ahead == 0 {
-            self.expected = advance.map(|a| sequence.wrapping_add(a));
+            self.resync(sequence, advance);
         } else if ahead < MAX_PLAUSIBLE_GAP {
             self.lost_units += u64::from(ahead);
-            self.expected = advance.map(|a| sequence.wrapping_add(a));
-        } else if behind < MAX_PLAUSIBLE_GAP {
+            self.open_gap += u64::from(ahead);
+            self.resync(sequence, advance);
+        } else if advance_units > 0
+            && advance_units <= self.open_gap
+            && behind <= self.open_gap + advance_units
+        {
             // A late packet fills part of a gap already counted.
-            self.lost_units = self
-                .lost_units
-                .saturating_sub(u64::from(advance.unwrap_or(0)));
+            self.lost_units -= advance_units;
+            self.open_gap -= advance_units;
+        } else if behind <= u64::from(self.last_advance) {
+            // A duplicate of the previous packet: nothing lost, nothing to move.
         } else {
+            // Backwards beyond any open gap: the exporter restarted its counter (IPFIX
+            // has no uptime in its header to tell us so directly).
             self.restarts += 1;
-            self.expected = advance.map(|a| sequence.wrapping_add(a));
+            self.resync(sequence, advance);
+        }
+    }
+
+    fn resync(&mut self, sequence: u32, advance: Option<u32>) {
+        self.expected = advance.map(|a| sequence.wrapping_add(a));
+        self.last_advance = advance.unwrap_or(0);
+        if self.expected.is_none() {
+            self.open_gap = 0;
         }
     }
 }
@@ -154,11 +196,16 @@ pub struct Snapshot {
 }
 
 fn label(k: &ExporterKey) -> String {
+    if *k == ExporterKey::OVERFLOW {
+        return "exporter=\"overflow\",protocol=\"unknown\",source_id=\"unknown\"".to_string();
+    }
     format!(
         "exporter=\"{}\",protocol=\"{}\",source_id=\"{}\"",
         k.address,
         k.protocol.map(Protocol::as_str).unwrap_or("unknown"),
         k.source_id
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".to_string())
     )
 }
 
@@ -233,7 +280,7 @@ impl Snapshot {
         gauge(
             "database_up",
             "gauge",
-            "1 when the last database write succeeded.",
+            "1 while the collector holds a working database connection.",
             u64::from(g.database_up),
         );
         gauge(
@@ -384,6 +431,31 @@ mod tests {
         t.observe(0, Some(1), Some(1_000));
         assert_eq!((t.lost_units, t.restarts), (0, 1));
         t.observe(1, Some(1), Some(2_000));
+        assert_eq!(t.lost_units, 0);
+    }
+
+    #[test]
+    fn ipfix_restart_without_uptime_resets_instead_of_hiding_loss() {
+        let mut t = SequenceTracker::default();
+        t.observe(0, Some(24), None);
+        t.observe(24, Some(24), None);
+        t.observe(5000, Some(24), None);
+        assert_eq!(t.lost_units, 5000 - 48);
+        // The exporter restarts at 0: not loss, and loss after it is seen again.
+        t.observe(0, Some(24), None);
+        assert_eq!((t.lost_units, t.restarts), (5000 - 48, 1));
+        t.observe(48, Some(24), None);
+        assert_eq!(t.lost_units, 5000 - 48 + 24);
+    }
+
+    #[test]
+    fn a_duplicate_is_neither_loss_nor_a_late_fill() {
+        let mut t = SequenceTracker::default();
+        t.observe(0, Some(30), Some(1));
+        t.observe(30, Some(30), Some(2));
+        t.observe(30, Some(30), Some(2));
+        assert_eq!((t.lost_units, t.restarts), (0, 0));
+        t.observe(60, Some(30), Some(3));
         assert_eq!(t.lost_units, 0);
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::aggregate::Aggregator;
 use super::receive::RecvBatch;
-use super::stats::{ExporterKey, ExporterStats};
+use super::stats::{stats_for, ExporterKey, ExporterStats};
 use super::writer::WriterMsg;
 use crate::config::ExporterConfig;
 use crate::decode::{decode_datagram, Decoder, FlowRecord, Limits, Protocol};
@@ -92,6 +92,22 @@ pub struct Worker {
     records: Vec<FlowRecord>,
 }
 
+/// Largest sampling rate accepted, from an exporter or the configuration.
+pub const MAX_SAMPLING_RATE: u32 = 1 << 24;
+/// Largest counts one flow record may carry after sampling (about 9 PB and 10^15
+/// packets). Anything above is a corrupt record: counted as `implausible_record`, not
+/// stored, so it cannot poison a bucket's sums or a batch's COPY.
+const MAX_SCALED_BYTES: u64 = 1 << 53;
+const MAX_SCALED_PACKETS: u64 = 1 << 50;
+const MAX_FLOWS_PER_RECORD: u64 = 1 << 32;
+
+fn plausible(r: &FlowRecord) -> bool {
+    r.sampling_rate <= MAX_SAMPLING_RATE
+        && r.scaled_bytes() <= MAX_SCALED_BYTES
+        && r.scaled_packets() <= MAX_SCALED_PACKETS
+        && r.flows <= MAX_FLOWS_PER_RECORD
+}
+
 fn protocol_of(datagram: &[u8]) -> Option<Protocol> {
     match datagram.get(..2) {
         Some([0, 5]) => Some(Protocol::NetflowV5),
@@ -128,11 +144,14 @@ impl Worker {
     }
 
     /// Process batches until every receive thread has gone, then finish all buckets.
-    pub fn run(mut self, rx: Receiver<RecvBatch>) {
+    pub fn run(mut self, rx: Receiver<RecvBatch>, queued_bytes: &AtomicUsize) {
         let mut last_tick = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(batch) => self.process(&batch),
+                Ok(batch) => {
+                    self.process(&batch);
+                    queued_bytes.fetch_sub(batch.data.len(), Ordering::Relaxed);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -163,9 +182,9 @@ impl Worker {
             let key = ExporterKey {
                 address: addr,
                 protocol: protocol_of(datagram),
-                source_id: 0,
+                source_id: None,
             };
-            let st = self.stats.entry(key).or_default();
+            let st = stats_for(&mut self.stats, key);
             st.seen(now_ms);
             st.not_allowed += 1;
             return;
@@ -176,19 +195,27 @@ impl Worker {
                 let key = ExporterKey {
                     address: addr,
                     protocol: Some(summary.protocol),
-                    source_id: summary.source_id,
+                    source_id: Some(summary.source_id),
                 };
-                let st = self.stats.entry(key).or_default();
+                let st = stats_for(&mut self.stats, key);
                 st.seen(now_ms);
                 st.packets += 1;
                 st.record_packet(&summary);
                 let rate_override = self.local.sampling_overrides.get(&addr).copied();
-                for r in &mut self.records {
+                let before = self.records.len();
+                self.records.retain_mut(|r| {
                     if let Some(rate) = rate_override {
                         r.sampling_rate = rate;
                     }
-                    st.flows += r.flows;
-                    st.bytes += r.scaled_bytes();
+                    plausible(r)
+                });
+                let implausible = (before - self.records.len()) as u64;
+                if implausible > 0 {
+                    *st.errors.entry("implausible_record").or_default() += implausible;
+                }
+                for r in &self.records {
+                    st.flows = st.flows.saturating_add(r.flows);
+                    st.bytes = st.bytes.saturating_add(r.scaled_bytes());
                 }
                 self.aggregator.add_batch(addr, &self.records, now_ms);
             }
@@ -196,9 +223,9 @@ impl Worker {
                 let key = ExporterKey {
                     address: addr,
                     protocol: protocol_of(datagram),
-                    source_id: 0,
+                    source_id: None,
                 };
-                let st = self.stats.entry(key).or_default();
+                let st = stats_for(&mut self.stats, key);
                 st.seen(now_ms);
                 st.packets += 1;
                 *st.errors.entry(e.kind()).or_default() += 1;
@@ -216,9 +243,9 @@ impl Worker {
             let key = ExporterKey {
                 address: expired.scope.exporter,
                 protocol: Some(expired.scope.protocol),
-                source_id: expired.scope.source_id,
+                source_id: Some(expired.scope.source_id),
             };
-            self.stats.entry(key).or_default().expired_sets += expired.sets;
+            stats_for(&mut self.stats, key).expired_sets += expired.sets;
         }
         let due = if final_flush { None } else { Some(now_ms) };
         if let Some(batch) = self.aggregator.flush(due, self.grace_secs) {
@@ -233,9 +260,9 @@ impl Worker {
             let key = ExporterKey {
                 address: scope.exporter,
                 protocol: Some(scope.protocol),
-                source_id: scope.source_id,
+                source_id: Some(scope.source_id),
             };
-            self.stats.entry(key).or_default().held_sets = n as u64;
+            stats_for(&mut self.stats, key).held_sets += n as u64;
         }
         if let Ok(mut r) = self.report.lock() {
             r.exporters.clone_from(&self.stats);

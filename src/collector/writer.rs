@@ -47,6 +47,7 @@ pub struct Writer {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(180);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
@@ -195,6 +196,10 @@ impl Writer {
                 }
                 Err(e) => {
                     let to = self.spool.reject(&path);
+                    self.stat(|g| {
+                        g.batches_dropped += 1;
+                        g.flows_dropped += batch.flows();
+                    });
                     tracing::error!(
                         "database refused spooled batch {}: {e:#}; moved to {to:?}",
                         batch.id
@@ -288,8 +293,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Write one batch atomically; a batch already stored is skipped.
+    /// Write one batch atomically; a batch already stored is skipped. A write that
+    /// takes longer than [`WRITE_TIMEOUT`] counts as a lost connection.
     pub async fn write(&mut self, batch: &Batch) -> anyhow::Result<WriteOutcome> {
+        tokio::time::timeout(WRITE_TIMEOUT, self.write_unbounded(batch))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "writing batch {} took longer than {WRITE_TIMEOUT:?}",
+                    batch.id
+                )
+            })?
+    }
+
+    async fn write_unbounded(&mut self, batch: &Batch) -> anyhow::Result<WriteOutcome> {
         let client = self.client.as_mut().context("not connected")?;
         let tx = client.transaction().await?;
         let fresh = tx
@@ -363,6 +380,12 @@ fn is_data_error(e: &anyhow::Error) -> bool {
         .any(|code| code.code().starts_with("22") || code.code().starts_with("23"))
 }
 
+/// A counter as a `bigint`: saturated sums stay at the column's maximum instead of
+/// making PostgreSQL refuse the whole batch.
+fn db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// COPY text of every table for one batch.
 #[derive(Default)]
 struct CopyText {
@@ -392,7 +415,9 @@ async fn copy_batch(
             let _ = writeln!(
                 t.totals,
                 "{head}\t{rate}\t{}\t{}\t{}",
-                tot.bytes, tot.packets, tot.flows
+                db(tot.bytes),
+                db(tot.packets),
+                db(tot.flows)
             );
         }
         for d in &b.dimensions {
@@ -415,13 +440,17 @@ async fn copy_batch(
                     let _ = writeln!(
                         out,
                         "{head}\t{key}\t{}\t{}\t{}",
-                        tot.bytes, tot.packets, tot.flows
+                        db(tot.bytes),
+                        db(tot.packets),
+                        db(tot.flows)
                     );
                 } else {
                     let _ = writeln!(
                         out,
                         "{head}\t{side}\t{key}\t{}\t{}\t{}",
-                        tot.bytes, tot.packets, tot.flows
+                        db(tot.bytes),
+                        db(tot.packets),
+                        db(tot.flows)
                     );
                 }
             }

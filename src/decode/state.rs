@@ -18,6 +18,10 @@ pub struct ScopeKey {
     pub source_id: u32,
 }
 
+/// Withdrawn template ids remembered per scope (to tell data for them from data that
+/// merely arrived early).
+const MAX_WITHDRAWN_PER_SCOPE: usize = 1024;
+
 /// Bounds on decoder memory. The defaults hold a few hundred busy exporters.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -38,11 +42,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_templates: 65_536,
-            max_scopes: 16_384,
-            max_samplers_per_scope: 1024,
-            max_pending_sets: 16_384,
-            max_pending_bytes: 32 << 20,
+            max_templates: 4096,
+            max_scopes: 4096,
+            max_samplers_per_scope: 256,
+            max_pending_sets: 8192,
+            max_pending_bytes: 16 << 20,
             pending_max_age_ms: 60_000,
         }
     }
@@ -251,7 +255,7 @@ impl Decoder {
     /// Withdraw one template, or every template of one kind in the scope (RFC 7011
     /// section 8.1: template id 2 withdraws all templates, 3 all options templates).
     pub(crate) fn withdraw(&mut self, key: ScopeKey, what: Withdrawal, now_ms: i64) {
-        let max_withdrawn = self.limits.max_samplers_per_scope;
+        let max_withdrawn = MAX_WITHDRAWN_PER_SCOPE;
         let scope = self.scope(key, now_ms);
         let ids: Vec<u16> = match what {
             Withdrawal::One(id) => vec![id],

@@ -16,8 +16,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/pcap.rs"]
-mod pcap;
+use crate::support::pcap;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};

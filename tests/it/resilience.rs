@@ -3,7 +3,7 @@
 //! exact: nothing lost, nothing counted twice, every problem counted.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -184,6 +184,10 @@ fn sigterm_flushes_and_restart_never_double_counts() {
     let (status, log) = c.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status}\n{log}");
     let received = (stat_value(&log, "bytes"), stat_value(&log, "flows"));
+    // Everything that reached the socket was decoded: the final STAT line is the truth
+    // the database is compared with below.
+    assert_eq!(stat_value(&log, "queue_drops"), 0, "{log}");
+    assert_eq!(stat_value(&log, "socket_drops"), 0, "{log}");
     assert!(
         received.1 > a.total.flows,
         "part of B arrived before SIGTERM"

@@ -3,7 +3,7 @@
 //! `flowstage-collector report` must show exactly the generator's totals.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use flowstage::encode::EncodeProtocol;
 use flowstage::gen::{self, Expected, GenOptions};
@@ -83,7 +83,7 @@ fn end_to_end(name: &str, protocol: EncodeProtocol, ipv6: bool) {
     assert_eq!(
         pg.psql(
             db,
-            "SELECT count(*) FROM exporters WHERE last_seen IS NOT NULL"
+            "SELECT count(*) FROM exporters WHERE first_seen <= last_seen AND last_seen > now() - interval '10 minutes'"
         ),
         "3"
     );
@@ -246,6 +246,11 @@ fn sighup_reloads_exporter_settings() {
             "SELECT string_agg(DISTINCT sampling_rate::text, ',') FROM flow_totals"
         ),
         "1,10"
+    );
+    // The rename stamped updated_at; writing batches alone does not.
+    assert_eq!(
+        pg.psql(&db, "SELECT updated_at > first_seen FROM exporters"),
+        "t"
     );
 }
 

@@ -2,7 +2,7 @@
 //! acknowledgement) is stored once, and a batch's rows add up in every table.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 

@@ -4,7 +4,7 @@
 //! agree on the totals.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Write;

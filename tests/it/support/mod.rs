@@ -3,6 +3,8 @@
 //! and helpers to run the collector binary against it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pcap;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -23,6 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
+command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust 1.85 or newer (https://rustup.rs)" >&2; exit 1; }
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --all-targets

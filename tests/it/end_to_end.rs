@@ -48,6 +48,45 @@ fn check_reports(url: &str, e: &Expected) {
         assert_eq!(totals(&v), expect, "total of the --by {by} report");
         assert_eq!(report_rows(&v), expected_rows(e, by), "rows of --by {by}");
     }
+    // --interface narrows to one ifIndex on every exporter.
+    for ifindex in 1..=4 {
+        let want = expected_rows(e, "interface")
+            .iter()
+            .filter(|(k, _)| k.ends_with(&format!(":{ifindex}")))
+            .fold((0, 0, 0), |a, (_, r)| (a.0 + r.0, a.1 + r.1, a.2 + r.2));
+        let v = report(url, "total", &["--interface", &ifindex.to_string()]);
+        assert_eq!(totals(&v), want, "--interface {ifindex}");
+    }
+    // CSV and text carry the same numbers as JSON.
+    let csv = support::report_raw(url, &["--by", "proto", "--format", "csv", "--top", "1000"]);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("key,bytes,packets,flows"));
+    let from_csv: std::collections::BTreeMap<String, (u64, u64, u64)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].to_string(),
+                (
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3].parse().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(from_csv, expected_rows(e, "proto"), "CSV rows");
+    let text = support::report_raw(url, &["--by", "total", "--format", "text"]);
+    let total_line = text.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+    let numbers: Vec<u64> = total_line
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        [expect.0, expect.1, expect.2],
+        "text TOTAL line:\n{text}"
+    );
     // High-cardinality keys: top N per bucket plus "other" still add up exactly.
     for by in ["src-ip", "dst-ip", "src-port"] {
         let v = report(url, by, &["--top", "10"]);

@@ -363,6 +363,25 @@ pub fn report(database_url: &str, by: &str, extra: &[&str]) -> serde_json::Value
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Run `flowstage-collector report` over the last day with `args` and return its
+/// output as text (for the text and CSV formats).
+pub fn report_raw(database_url: &str, args: &[&str]) -> String {
+    let out = Command::new(collector_bin())
+        .args(["report", "--database", database_url])
+        .arg("--config")
+        .arg(empty_config())
+        .args(["--from", "-1d", "--to", "+1h"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Rows of a report as key -> (bytes, packets, flows).
 pub fn report_rows(v: &serde_json::Value) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
     v["rows"]

@@ -185,7 +185,7 @@ fn sat_i64(v: u64) -> i64 {
 }
 
 impl Fields {
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, target: Target, v: &[u8]) {
         let r = &mut self.rec;
         match target {

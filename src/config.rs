@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+
+use crate::collector::worker::MAX_SAMPLING_RATE;
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/flowstage/flowstage.toml";
@@ -265,11 +267,14 @@ impl RawConfig {
                     "expected an IP address",
                 )
             })?;
-            if let Some(rate) = e.sampling_rate.filter(|r| !(1..=1 << 24).contains(r)) {
+            if let Some(rate) = e
+                .sampling_rate
+                .filter(|r| !(1..=MAX_SAMPLING_RATE).contains(r))
+            {
                 return Err(invalid(
                     format!("exporter[{i}].sampling_rate"),
                     rate,
-                    "must be between 1 and 16777216",
+                    "must be between 1 and 16777216 (2^24)",
                 ));
             }
             if exporters

@@ -104,7 +104,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         &c.allowed_exporters,
     ));
     let instance = format!(
-        "{:x}{:x}",
+        "{:x}-{:x}",
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
         std::process::id()
     );

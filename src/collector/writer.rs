@@ -2,7 +2,7 @@
 //! COPY, and records its id so a replay or retry is a no-op. While PostgreSQL is
 //! unreachable, batches go to the [`Spool`] and are replayed in order when it is back.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -335,29 +335,51 @@ impl Writer {
                 new_days.push(day);
             }
         }
+        // First and last seen come from the flows' own minutes, so a batch replayed
+        // after an outage does not move them to the replay time.
         let mut ids = HashMap::new();
-        let mut ifaces: HashMap<IpAddr, Vec<i64>> = HashMap::new();
+        let mut seen: HashMap<IpAddr, BTreeMap<i64, (i64, i64)>> = HashMap::new();
         for b in &batch.buckets {
-            ifaces
+            let span = seen
                 .entry(b.exporter)
                 .or_default()
-                .push(i64::from(b.ifindex));
+                .entry(i64::from(b.ifindex))
+                .or_insert((b.minute, b.minute));
+            *span = (span.0.min(b.minute), span.1.max(b.minute + 60));
         }
-        for (addr, mut list) in ifaces {
+        for (addr, interfaces) in seen {
+            let time = |secs: i64| {
+                chrono::DateTime::from_timestamp(secs, 0).context("bucket time out of range")
+            };
+            let first = time(interfaces.values().map(|s| s.0).min().unwrap_or_default())?;
+            let last = time(interfaces.values().map(|s| s.1).max().unwrap_or_default())?;
             let id: i32 = tx
                 .query_one(
-                    "INSERT INTO exporters (address) VALUES ($1)
-                     ON CONFLICT (address) DO UPDATE SET last_seen = now() RETURNING id",
-                    &[&addr],
+                    "INSERT INTO exporters (address, first_seen, last_seen) VALUES ($1, $2, $3)
+                     ON CONFLICT (address) DO UPDATE SET
+                         first_seen = least(exporters.first_seen, EXCLUDED.first_seen),
+                         last_seen = greatest(exporters.last_seen, EXCLUDED.last_seen)
+                     RETURNING id",
+                    &[&addr, &first, &last],
                 )
                 .await?
                 .get(0);
-            list.sort_unstable();
-            list.dedup();
+            let ifindexes: Vec<i64> = interfaces.keys().copied().collect();
+            let firsts = interfaces
+                .values()
+                .map(|s| time(s.0))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let lasts = interfaces
+                .values()
+                .map(|s| time(s.1))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             tx.execute(
-                "INSERT INTO interfaces (exporter_id, ifindex) SELECT $1, unnest($2::bigint[])
-                 ON CONFLICT (exporter_id, ifindex) DO UPDATE SET last_seen = now()",
-                &[&id, &list],
+                "INSERT INTO interfaces (exporter_id, ifindex, first_seen, last_seen)
+                 SELECT $1, i, f, l FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[]) AS u(i, f, l)
+                 ON CONFLICT (exporter_id, ifindex) DO UPDATE SET
+                     first_seen = least(interfaces.first_seen, EXCLUDED.first_seen),
+                     last_seen = greatest(interfaces.last_seen, EXCLUDED.last_seen)",
+                &[&id, &ifindexes, &firsts, &lasts],
             )
             .await?;
             ids.insert(addr, id);

@@ -21,6 +21,11 @@ fn t(bytes: u64) -> Totals {
     }
 }
 
+/// The minute every test batch is in: two minutes ago.
+fn minute() -> i64 {
+    chrono::Utc::now().timestamp() / 60 * 60 - 120
+}
+
 fn batch(id: &str) -> Batch {
     let rows = |keys: Vec<Key>| {
         keys.into_iter()
@@ -31,7 +36,7 @@ fn batch(id: &str) -> Batch {
     Batch {
         id: id.to_string(),
         buckets: vec![Bucket {
-            minute: chrono::Utc::now().timestamp() / 60 * 60 - 120,
+            minute: minute(),
             exporter: "192.0.2.7".parse().unwrap(),
             ifindex: 70_000,
             direction: Direction::In,

@@ -121,4 +121,13 @@ fn a_batch_written_twice_is_stored_once() {
         pg.psql(&db, "SELECT count(*) FROM interfaces WHERE ifindex = 70000"),
         "1"
     );
+    // First and last seen come from the flows' minute, not from the time of writing.
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT first_seen = (SELECT min(minute) FROM flow_totals)
+                    AND last_seen = first_seen + interval '1 minute' FROM interfaces"
+        ),
+        "t"
+    );
 }

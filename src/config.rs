@@ -393,4 +393,37 @@ mod tests {
             "host=/tmp password=***"
         );
     }
+
+    #[test]
+    fn password_file_is_appended_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db-password");
+        std::fs::write(&file, "s3cr&t\n").unwrap();
+        let text = format!(
+            "[database]\nurl = \"postgresql:///flowstage?host=/run/postgresql\"\npassword_file = \"{}\"\n",
+            file.display()
+        );
+        let config = RawConfig::from_toml(&text, Path::new("x"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(
+            config.database_url.ends_with("&password=s3cr%26t"),
+            "{}",
+            config.database_url
+        );
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr"), "{shown}");
+    }
+
+    #[test]
+    fn sampling_override_is_bounded() {
+        let raw = RawConfig::from_toml(
+            "[[exporter]]\naddress = \"192.0.2.1\"\nsampling_rate = 0\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("exporter[0].sampling_rate"), "{err}");
+    }
 }

@@ -44,6 +44,13 @@ struct TopTable<K> {
     evicted: Totals,
 }
 
+/// The slot to give up when a probe window is full, and the new key's fingerprint.
+#[derive(Debug, Clone, Copy)]
+struct Victim {
+    slot: usize,
+    fingerprint: u8,
+}
+
 #[inline]
 fn magnitude(bytes: u64) -> u8 {
     (64 - bytes.leading_zeros()) as u8
@@ -78,7 +85,7 @@ impl<K: Hash + Eq + Copy> TopTable<K> {
     /// Add to `key`'s slot or take an empty one; `Err(victim)` when the probe window is
     /// full, naming the slot with the fewest bytes.
     #[inline]
-    fn try_insert(&mut self, key: K, add: Totals) -> Result<(), usize> {
+    fn try_insert(&mut self, key: K, add: Totals) -> Result<(), Victim> {
         let (fingerprint, home) = Self::hash(&key);
         let mask = self.meta.len() - 1;
         let mut victim = home & mask;
@@ -104,7 +111,10 @@ impl<K: Hash + Eq + Copy> TopTable<K> {
                 victim = idx;
             }
         }
-        Err(victim)
+        Err(Victim {
+            slot: victim,
+            fingerprint,
+        })
     }
 
     #[inline]
@@ -116,10 +126,14 @@ impl<K: Hash + Eq + Copy> TopTable<K> {
     }
 
     /// Move the victim's counts to "other" and give its slot to `key`.
-    fn replace(&mut self, victim: usize, key: K, add: Totals) {
+    fn replace(&mut self, victim: Victim, key: K, add: Totals) {
+        let Victim {
+            slot: victim,
+            fingerprint,
+        } = victim;
         let old = self.totals[victim];
         self.evicted.add(old.bytes, old.packets, old.flows);
-        self.meta[victim] = [Self::hash(&key).0, magnitude(add.bytes)];
+        self.meta[victim] = [fingerprint, magnitude(add.bytes)];
         self.keys[victim] = key;
         self.totals[victim] = add;
     }

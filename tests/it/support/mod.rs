@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A PostgreSQL cluster in a temporary directory. The server runs under a small shell
-/// guardian that stops it as soon as our end of its stdin closes, so the cluster goes
-/// away with the test process however that ends.
+/// guardian that stops it, and removes the directory, as soon as our end of its stdin
+/// closes, so the cluster goes away with the test process however that ends.
 pub struct Pg {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -107,11 +107,12 @@ impl Pg {
         let script = format!(
             "{PG_BIN}/postgres -D '{}' -k '{}' -p {} -c listen_addresses='' -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off >>'{}' 2>&1 & pid=$!; \
-             read _ignored; kill -INT $pid; wait $pid",
+             read cmd; kill -INT $pid; wait $pid; [ \"$cmd\" = keep ] || rm -rf '{}'",
             data.display(),
             self.dir.path().display(),
             self.port,
-            log.display()
+            log.display(),
+            self.dir.path().display()
         );
         let mut child = as_postgres(&script).stdin(Stdio::piped()).spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
@@ -137,9 +138,19 @@ impl Pg {
         }
     }
 
-    /// Stop the server (fast shutdown) and wait for it.
+    /// Stop the server (fast shutdown) and wait for it; the data stays for
+    /// [`Pg::restart`].
     pub fn stop(&self) {
-        if let Some((mut child, stdin)) = self.guardian.lock().unwrap().take() {
+        self.halt(true);
+    }
+
+    /// Tell the guardian to stop the server, and to keep or remove the cluster. A
+    /// guardian whose pipe closes because the test process ended removes it too.
+    fn halt(&self, keep: bool) {
+        if let Some((mut child, mut stdin)) = self.guardian.lock().unwrap().take() {
+            if keep {
+                let _ = stdin.write_all(b"keep\n");
+            }
             drop(stdin);
             let _ = child.wait();
         }
@@ -199,7 +210,7 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        self.stop();
+        self.halt(false);
     }
 }
 

@@ -100,6 +100,7 @@ pub struct ReportArgs {
     /// End (exclusive).
     #[arg(long, default_value = "now", allow_hyphen_values = true)]
     pub to: String,
+    /// What the rows are keyed by.
     #[arg(long, value_enum, default_value = "total")]
     pub by: ReportBy,
     /// Exporter name or address.
@@ -108,10 +109,13 @@ pub struct ReportArgs {
     /// Interface ifIndex or name.
     #[arg(long)]
     pub interface: Option<String>,
+    /// Count flows on their input (in) or output (out) interface.
     #[arg(long, value_enum, default_value = "in")]
     pub direction: DirectionArg,
+    /// Rows to show; the rest is summed into one "other" row.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
+    /// Output format; JSON keys are plain strings.
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
 }
@@ -134,13 +138,16 @@ pub struct GenArgs {
     /// Collector address (loopback only).
     #[arg(long, default_value = "127.0.0.1:2055")]
     pub target: SocketAddr,
+    /// Export protocol.
     #[arg(long, value_enum, default_value = "v5")]
     pub protocol: GenProtocol,
     /// Export IPv6 flows (v9 and IPFIX).
     #[arg(long)]
     pub ipv6: bool,
+    /// Random seed: the same seed sends the same flows.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Flows to send; the generator stops after them.
     #[arg(long, default_value_t = 10_000)]
     pub flows: u64,
     /// Flows per second (default: as fast as possible).
@@ -149,9 +156,11 @@ pub struct GenArgs {
     /// Exporters, sending from 127.0.0.<first-source>, <first-source + 1>, ...
     #[arg(long, default_value_t = 1)]
     pub exporters: u8,
+    /// Last octet of the first exporter's 127.0.0.x source address.
     #[arg(long, default_value_t = 10)]
     pub first_source: u8,
-    /// v5 header sampling interval (1 = unsampled).
+    /// v5 header sampling field: mode in the top two bits, interval below (0x4064 = 1 in
+    /// 100); 0 means unsampled.
     #[arg(long, default_value_t = 0)]
     pub sampling: u16,
     /// Spread flow end times over this many seconds before now.

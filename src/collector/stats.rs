@@ -27,6 +27,16 @@ impl ExporterKey {
     };
 }
 
+impl From<crate::decode::ScopeKey> for ExporterKey {
+    fn from(scope: crate::decode::ScopeKey) -> Self {
+        ExporterKey {
+            address: scope.exporter,
+            protocol: Some(scope.protocol),
+            source_id: Some(scope.source_id),
+        }
+    }
+}
+
 /// Exporter keys one worker keeps counters for.
 pub const MAX_EXPORTER_KEYS: usize = 4096;
 

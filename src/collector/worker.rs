@@ -240,12 +240,7 @@ impl Worker {
             .decoder
             .take_expired(if final_flush { i64::MAX } else { now_ms })
         {
-            let key = ExporterKey {
-                address: expired.scope.exporter,
-                protocol: Some(expired.scope.protocol),
-                source_id: Some(expired.scope.source_id),
-            };
-            stats_for(&mut self.stats, key).expired_sets += expired.sets;
+            stats_for(&mut self.stats, expired.scope.into()).expired_sets += expired.sets;
         }
         let due = if final_flush { None } else { Some(now_ms) };
         if let Some(batch) = self.aggregator.flush(due, self.grace_secs) {
@@ -257,12 +252,7 @@ impl Worker {
             st.held_sets = 0;
         }
         for (scope, n) in self.decoder.pending_sets() {
-            let key = ExporterKey {
-                address: scope.exporter,
-                protocol: Some(scope.protocol),
-                source_id: Some(scope.source_id),
-            };
-            stats_for(&mut self.stats, key).held_sets += n as u64;
+            stats_for(&mut self.stats, scope.into()).held_sets += n as u64;
         }
         if let Ok(mut r) = self.report.lock() {
             r.exporters.clone_from(&self.stats);

@@ -179,15 +179,8 @@ impl Writer {
             };
             match self.write(&batch).await {
                 Ok(outcome) => {
-                    self.backoff = MIN_BACKOFF;
                     let _ = self.spool.remove(&path);
-                    self.stat(|g| {
-                        g.batches_replayed += 1;
-                        match outcome {
-                            WriteOutcome::Written => g.batches_written += 1,
-                            WriteOutcome::Duplicate => g.batches_duplicate += 1,
-                        }
-                    });
+                    self.stored(outcome, true);
                 }
                 Err(e) if !is_data_error(&e) => {
                     tracing::warn!("database write failed, keeping the spool: {e:#}");
@@ -209,13 +202,7 @@ impl Writer {
         }
         while let Some(batch) = queue.pop_front() {
             match self.write(&batch).await {
-                Ok(outcome) => {
-                    self.backoff = MIN_BACKOFF;
-                    self.stat(|g| match outcome {
-                        WriteOutcome::Written => g.batches_written += 1,
-                        WriteOutcome::Duplicate => g.batches_duplicate += 1,
-                    });
-                }
+                Ok(outcome) => self.stored(outcome, false),
                 Err(e) if !is_data_error(&e) => {
                     tracing::warn!("database write failed, spooling: {e:#}");
                     queue.push_front(batch);
@@ -233,6 +220,18 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// A successful write: the backoff starts over, and the counters say what happened.
+    fn stored(&mut self, outcome: WriteOutcome, replayed: bool) {
+        self.backoff = MIN_BACKOFF;
+        self.stat(|g| {
+            g.batches_replayed += u64::from(replayed);
+            match outcome {
+                WriteOutcome::Written => g.batches_written += 1,
+                WriteOutcome::Duplicate => g.batches_duplicate += 1,
+            }
+        });
     }
 
     /// Drop the connection and wait before the next attempt, so a database that accepts

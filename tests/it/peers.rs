@@ -142,9 +142,7 @@ impl Drop for Reaped {
 }
 
 fn terminate(mut child: Reaped) {
-    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let _ = child.0.wait();
+    support::sigterm_and_wait(&mut child.0);
 }
 
 fn proto_number(name: &str) -> u8 {

@@ -318,9 +318,7 @@ impl Collector {
 
     /// SIGTERM, wait, and return the exit status and the log.
     pub fn terminate(mut self) -> (ExitStatus, String) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = self.child.wait().unwrap();
+        let status = sigterm_and_wait(&mut self.child);
         let log = self.log_text();
         (status, log)
     }
@@ -336,6 +334,13 @@ impl Drop for Collector {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Send SIGTERM to a child process and wait for it to exit.
+pub fn sigterm_and_wait(child: &mut Child) -> ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    child.wait().unwrap()
 }
 
 pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> u64 {

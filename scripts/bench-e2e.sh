@@ -5,6 +5,7 @@
 #
 #   bash scripts/bench-e2e.sh [RATES...]        # default: 1000000 1500000 2000000 2500000 3000000
 #   PROTOCOLS="v5 v9 ipfix" SECONDS_PER_RUN=5 EXPORTERS=4 bash scripts/bench-e2e.sh
+#   PIN=1 bash scripts/bench-e2e.sh 3000000 5000000   # receiver on CPU 1, generator on CPU 0
 #
 # Everything is sent to 127.0.0.1 and stops by itself. Needs PostgreSQL 15 server
 # binaries and nfdump (apt-get install postgresql-15 nfdump).
@@ -17,6 +18,9 @@ SECS=${SECONDS_PER_RUN:-5}
 EXPORTERS=${EXPORTERS:-4}
 PG=/usr/lib/postgresql/15/bin
 BIN=$PWD/target/release/flowstage-collector
+# With PIN=1 the receiver under test gets CPU 1 to itself and the generator CPU 0, so
+# both tools are compared on exactly one core each.
+if [ "${PIN:-0}" = 1 ]; then RECV=(taskset -c 1); SEND=(taskset -c 0); else RECV=(); SEND=(); fi
 
 cargo build --release --locked --bin flowstage-collector >&2
 work=$(mktemp -d /tmp/flowstage-bench-XXXXXX)
@@ -39,7 +43,7 @@ achieved_rate() { sed -n 's/.*rate="\{0,1\}\([0-9]*\).*/\1/p' "$work/gen.log" | 
 # Send rate × SECS flows to the receiver with pid $1, then stop it with SIGTERM;
 # sets $achieved and $rss (peak, MB).
 measure() {
-    "$BIN" gen --target "127.0.0.1:$udp" --protocol "$proto" --flows "$flows" --rate "$rate" \
+    "${SEND[@]}" "$BIN" gen --target "127.0.0.1:$udp" --protocol "$proto" --flows "$flows" --rate "$rate" \
         --exporters "$EXPORTERS" --expected "$work/expected.json" 2>"$work/gen.log"
     achieved=$(achieved_rate)
     sleep 2
@@ -63,7 +67,7 @@ for proto in $PROTOCOLS; do
         db="b_${proto}_$rate"
         psql -h "$work" -p "$port" -U postgres -qc "CREATE DATABASE $db"
         rm -rf "$work/data"
-        "$BIN" run --config /dev/null --database "$(url "$db")" --listen "127.0.0.1:$udp" \
+        "${RECV[@]}" "$BIN" run --config /dev/null --database "$(url "$db")" --listen "127.0.0.1:$udp" \
             --data-dir "$work/data" --metrics "127.0.0.1:$metrics" --stats-interval 0 2>"$work/collector.log" &
         cpid=$!; pids+=("$cpid")
         for _ in $(seq 50); do curl -sf "127.0.0.1:$metrics" >/dev/null && break; sleep 0.1; done
@@ -73,7 +77,7 @@ for proto in $PROTOCOLS; do
         row flowstage
         # nfcapd, same offered rate
         rm -rf "$work/nfcapd" && mkdir -p "$work/nfcapd"
-        nfcapd -w "$work/nfcapd" -p "$udp" -b 127.0.0.1 -B 33554432 >/dev/null 2>&1 &
+        "${RECV[@]}" nfcapd -w "$work/nfcapd" -p "$udp" -b 127.0.0.1 -B 33554432 >/dev/null 2>&1 &
         npid=$!; pids+=("$npid")
         sleep 1
         measure "$npid"

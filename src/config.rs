@@ -22,11 +22,13 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{key} = {value:?}: {reason}")]
+    #[error("{}{key} = {value:?}: {reason}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
     Invalid {
         key: String,
         value: String,
         reason: String,
+        /// 1-based line of the key in the file, when the file is known.
+        line: Option<usize>,
     },
 }
 
@@ -35,16 +37,108 @@ fn invalid(key: impl Into<String>, value: impl ToString, reason: impl Into<Strin
         key: key.into(),
         value: value.to_string(),
         reason: reason.into(),
+        line: None,
     }
+}
+
+impl ConfigError {
+    /// The dotted key this error is about (`collector.listen`, `exporter[1].address`).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    fn with_line_from(self, text: Option<&str>) -> ConfigError {
+        match (self, text) {
+            (
+                ConfigError::Invalid {
+                    key,
+                    value,
+                    reason,
+                    line: None,
+                },
+                Some(text),
+            ) => {
+                let line = locate_key(text, &key);
+                ConfigError::Invalid {
+                    key,
+                    value,
+                    reason,
+                    line,
+                }
+            }
+            (other, _) => other,
+        }
+    }
+}
+
+/// The 1-based line where a dotted key (`collector.listen`, `exporter[1].address`) is set
+/// in a TOML text, for error messages. A plain scan is enough: the configuration is flat
+/// tables and one array of tables.
+pub fn locate_key(text: &str, key: &str) -> Option<usize> {
+    let (table, field) = key.rsplit_once('.').unwrap_or(("", key));
+    let field = field.split('[').next().unwrap_or(field);
+    let (table_name, wanted_index) = match table.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (table, None),
+    };
+    let mut current = String::new();
+    let mut index_seen: Option<usize> = None;
+    let mut table_line = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split(']').next()) {
+            current = name.trim().to_string();
+            if current == table_name {
+                index_seen = Some(index_seen.map_or(0, |i| i + 1));
+            }
+            if current == table_name && index_seen == wanted_index {
+                table_line = Some(n + 1);
+            }
+            continue;
+        }
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            current = name.trim().to_string();
+            if current == table_name && wanted_index.is_none() {
+                table_line = Some(n + 1);
+            }
+            continue;
+        }
+        let in_table =
+            current == table_name && (wanted_index.is_none() || index_seen == wanted_index);
+        if in_table {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim().trim_matches('"') == field {
+                    return Some(n + 1);
+                }
+            }
+        }
+    }
+    table_line
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// The text this was parsed from, so validation errors can name a line.
+    #[serde(skip)]
+    pub source_text: Option<String>,
+    #[serde(default)]
+    pub site: RawSite,
+    #[serde(default)]
+    pub time: RawTime,
+    #[serde(default)]
+    pub mail: RawMail,
     #[serde(default)]
     pub database: RawDatabase,
     #[serde(default)]
     pub collector: RawCollector,
+    #[serde(default)]
+    pub retention: RawRetention,
+    #[serde(default)]
+    pub web: RawWeb,
     /// Known exporters: names and per-exporter settings.
     #[serde(default, rename = "exporter")]
     pub exporters: Vec<RawExporter>,
@@ -52,11 +146,68 @@ pub struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawSite {
+    /// Name of this appliance, shown in the web UI and in mail. Default: the host name.
+    pub name: Option<String>,
+    /// Where root's mail and alerts go. Default `root@localhost` (local mailbox).
+    pub admin_email: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTime {
+    /// `ntpsec` or `chrony`. Default `ntpsec`, as the howto's ntp.
+    pub daemon: Option<String>,
+    /// Time servers or pools. Default the four `N.debian.pool.ntp.org` pools.
+    pub servers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMail {
+    /// Smart host for outgoing mail, e.g. `[smtp.example.net]:587`. Default: none
+    /// (postfix delivers directly, or locally only).
+    pub relay_host: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     /// libpq-style URL. Default: the local socket, database and user `flowstage`.
     pub url: Option<String>,
-    /// File holding the password (the installer's secrets file, mode 0600).
+    /// File holding the password (the installer's secrets file, mode 0600): either the
+    /// bare password, or a TOML file with a `database_password` key.
     pub password_file: Option<PathBuf>,
+    /// Major version of the local PostgreSQL the installer manages. Default: the one of
+    /// the distribution (15 on Debian 12).
+    pub postgresql_version: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Days of minute buckets kept. Default 7.
+    pub minute_days: Option<u32>,
+    /// Days of hour buckets kept. Default 90.
+    pub hour_days: Option<u32>,
+    /// Days of day buckets kept. Default 730. Weeks, months and years are kept forever.
+    pub day_days: Option<u32>,
+    /// Days of raw flow archive kept. Default 7.
+    pub raw_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    /// HTTP(S) listener of `flowstage-web`. Default `0.0.0.0:8080`.
+    pub listen: Option<String>,
+    /// `off`, `self-signed` (generated at install) or `files` (`tls_cert`/`tls_key`).
+    /// Default `off`.
+    pub tls: Option<String>,
+    /// PEM certificate chain, for `tls = "files"`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key, for `tls = "files"`.
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +238,8 @@ pub struct RawCollector {
     /// Keys a bucket tracks per report kind (heavy-hitter table size); when a bucket has
     /// more distinct keys, the smallest are folded into "other". Default 1024.
     pub max_keys_per_bucket: Option<usize>,
+    /// Flows per second the site expects, for the installer's disk sizing. Default 5000.
+    pub expected_flows_per_second: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,20 +254,110 @@ pub struct RawExporter {
 /// A validated configuration.
 #[derive(Clone)]
 pub struct Config {
+    pub site: SiteConfig,
+    pub time: TimeConfig,
+    pub mail: MailConfig,
     pub database_url: String,
+    pub database: DatabaseConfig,
     pub collector: CollectorConfig,
+    pub retention: RetentionConfig,
+    pub web: WebConfig,
     pub exporters: Vec<ExporterConfig>,
 }
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
+            .field("site", &self.site)
+            .field("time", &self.time)
+            .field("mail", &self.mail)
             .field("database_url", &redact_url(&self.database_url))
+            .field("database", &self.database)
             .field("collector", &self.collector)
+            .field("retention", &self.retention)
+            .field("web", &self.web)
             .field("exporters", &self.exporters)
             .finish()
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteConfig {
+    pub name: String,
+    pub admin_email: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeDaemon {
+    Ntpsec,
+    Chrony,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeConfig {
+    pub daemon: TimeDaemon,
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailConfig {
+    pub relay_host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// The URL as configured, without the password.
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+    pub postgresql_version: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub minute_days: u32,
+    pub hour_days: u32,
+    pub day_days: u32,
+    pub raw_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    Off,
+    SelfSigned,
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    pub listen: SocketAddr,
+    pub tls: TlsMode,
+}
+
+impl WebConfig {
+    /// The URL a browser on this host uses to reach the web daemon.
+    pub fn local_url(&self) -> String {
+        let scheme = if self.tls == TlsMode::Off {
+            "http"
+        } else {
+            "https"
+        };
+        let host = match self.listen.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        format!("{scheme}://{host}:{}", self.listen.port())
+    }
+}
+
+pub const DEFAULT_TIME_SERVERS: [&str; 4] = [
+    "0.debian.pool.ntp.org",
+    "1.debian.pool.ntp.org",
+    "2.debian.pool.ntp.org",
+    "3.debian.pool.ntp.org",
+];
 
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {
@@ -130,6 +373,7 @@ pub struct CollectorConfig {
     pub stats_interval_secs: u64,
     pub template_wait_secs: u64,
     pub max_keys_per_bucket: usize,
+    pub expected_flows_per_second: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,21 +415,26 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse::<SocketAddr>().map_err(|_| {
-        invalid(
-            "collector.listen",
-            s,
-            "expected ADDRESS:PORT, e.g. 0.0.0.0:2055 or [::]:2055",
-        )
-    })
+    s.parse::<SocketAddr>()
+        .ok()
+        .filter(|a| a.port() != 0)
+        .ok_or_else(|| {
+            invalid(
+                "collector.listen",
+                s,
+                "expected ADDRESS:PORT with a port from 1 to 65535, e.g. 0.0.0.0:2055 or [::]:2055",
+            )
+        })
 }
 
 impl RawConfig {
     pub fn from_toml(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        raw.source_text = Some(text.to_string());
+        Ok(raw)
     }
 
     pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
@@ -196,7 +445,29 @@ impl RawConfig {
         Self::from_toml(&text, path)
     }
 
-    pub fn validate(self) -> Result<Config, ConfigError> {
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
+        let text = self.source_text.take();
+        self.validate_inner()
+            .map_err(|e| e.with_line_from(text.as_deref()))
+    }
+
+    fn validate_inner(self) -> Result<Config, ConfigError> {
+        let site = validate_site(self.site)?;
+        let time = validate_time(self.time)?;
+        let mail = validate_mail(self.mail)?;
+        let retention = validate_retention(self.retention)?;
+        let web = validate_web(self.web)?;
+        if let Some(v) = self
+            .database
+            .postgresql_version
+            .filter(|v| !(10..=30).contains(v))
+        {
+            return Err(invalid(
+                "database.postgresql_version",
+                v,
+                "expected a PostgreSQL major version such as 15",
+            ));
+        }
         let c = self.collector;
         let listen = match c.listen {
             Some(list) => list
@@ -293,23 +564,30 @@ impl RawConfig {
                 sampling_rate: e.sampling_rate,
             });
         }
-        let mut database_url = self
+        let configured_url = self
             .database
             .url
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
-        if let Some(file) = self.database.password_file {
-            let password = std::fs::read_to_string(&file).map_err(|error| ConfigError::Read {
-                path: file.clone(),
-                error,
-            })?;
-            let sep = if database_url.contains('?') { '&' } else { '?' };
-            database_url = format!(
-                "{database_url}{sep}password={}",
-                percent_encode(password.trim())
-            );
+        let expected_flows_per_second = c.expected_flows_per_second.unwrap_or(5000);
+        if expected_flows_per_second > 100_000_000 {
+            return Err(invalid(
+                "collector.expected_flows_per_second",
+                expected_flows_per_second,
+                "must be at most 100000000",
+            ));
         }
         Ok(Config {
-            database_url,
+            site,
+            time,
+            mail,
+            retention,
+            web,
+            database: DatabaseConfig {
+                url: configured_url.clone(),
+                password_file: self.database.password_file,
+                postgresql_version: self.database.postgresql_version,
+            },
+            database_url: configured_url.clone(),
             collector: CollectorConfig {
                 listen,
                 data_dir: c
@@ -325,10 +603,215 @@ impl RawConfig {
                 stats_interval_secs: c.stats_interval_secs.unwrap_or(60),
                 template_wait_secs: c.template_wait_secs.unwrap_or(60),
                 max_keys_per_bucket: max_keys,
+                expected_flows_per_second,
             },
             exporters,
         })
     }
+}
+
+/// The password in `file`: a TOML secrets file's `database_password`, or the whole
+/// file trimmed.
+fn read_password_file(file: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
+        path: file.to_path_buf(),
+        error,
+    })?;
+    if let Ok(table) = text.parse::<toml::Table>() {
+        if let Some(toml::Value::String(p)) = table.get("database_password") {
+            return Ok(p.clone());
+        }
+    }
+    Ok(text.trim().to_string())
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn is_host_or_address(s: &str) -> bool {
+    s.parse::<IpAddr>().is_ok() || is_hostname(s)
+}
+
+/// The host name of this machine, the default site name.
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| is_hostname(s))
+        .unwrap_or_else(|| "flowstage".to_string())
+}
+
+fn validate_site(raw: RawSite) -> Result<SiteConfig, ConfigError> {
+    let name = raw.name.unwrap_or_else(local_hostname);
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_alphanumeric() || " ._-".contains(c))
+    {
+        return Err(invalid(
+            "site.name",
+            &name,
+            "use 1 to 64 letters, digits, spaces, dots, dashes or underscores",
+        ));
+    }
+    let admin_email = raw
+        .admin_email
+        .unwrap_or_else(|| "root@localhost".to_string());
+    let valid_email = admin_email.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && !local.contains(char::is_whitespace)
+            && !local.contains(['<', '>', ',', ':', '"'])
+            && is_hostname(domain)
+    });
+    if !valid_email {
+        return Err(invalid(
+            "site.admin_email",
+            &admin_email,
+            "expected an address like noc@example.net",
+        ));
+    }
+    Ok(SiteConfig { name, admin_email })
+}
+
+fn validate_time(raw: RawTime) -> Result<TimeConfig, ConfigError> {
+    let daemon = match raw.daemon.as_deref().unwrap_or("ntpsec") {
+        "ntpsec" | "ntp" => TimeDaemon::Ntpsec,
+        "chrony" => TimeDaemon::Chrony,
+        other => return Err(invalid("time.daemon", other, "expected ntpsec or chrony")),
+    };
+    let servers = raw
+        .servers
+        .unwrap_or_else(|| DEFAULT_TIME_SERVERS.iter().map(|s| s.to_string()).collect());
+    if servers.is_empty() {
+        return Err(invalid(
+            "time.servers",
+            "[]",
+            "at least one time server is needed (the local clock is only a fallback)",
+        ));
+    }
+    if let Some(bad) = servers.iter().find(|s| !is_host_or_address(s)) {
+        return Err(invalid(
+            "time.servers",
+            bad,
+            "expected a host name or an IP address",
+        ));
+    }
+    Ok(TimeConfig { daemon, servers })
+}
+
+fn validate_mail(raw: RawMail) -> Result<MailConfig, ConfigError> {
+    let relay_host = raw.relay_host.filter(|r| !r.is_empty());
+    if let Some(relay) = &relay_host {
+        // postfix's forms: host, host:port, [host], [host]:port.
+        let (host, port) = match relay.strip_prefix('[') {
+            Some(rest) => match rest.split_once(']') {
+                Some((h, p)) => (h, p.strip_prefix(':')),
+                None => ("", None),
+            },
+            None => match relay.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (relay.as_str(), None),
+            },
+        };
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !is_host_or_address(host) || !port_ok {
+            return Err(invalid(
+                "mail.relay_host",
+                relay,
+                "expected host, host:port, [host] or [host]:port with a port from 1 to 65535",
+            ));
+        }
+    }
+    Ok(MailConfig { relay_host })
+}
+
+fn validate_retention(raw: RawRetention) -> Result<RetentionConfig, ConfigError> {
+    let r = RetentionConfig {
+        minute_days: raw.minute_days.unwrap_or(7),
+        hour_days: raw.hour_days.unwrap_or(90),
+        day_days: raw.day_days.unwrap_or(730),
+        raw_days: raw.raw_days.unwrap_or(7),
+    };
+    for (key, days) in [
+        ("retention.minute_days", r.minute_days),
+        ("retention.hour_days", r.hour_days),
+        ("retention.day_days", r.day_days),
+        ("retention.raw_days", r.raw_days),
+    ] {
+        if !(1..=36_500).contains(&days) {
+            return Err(invalid(key, days, "must be between 1 and 36500 days"));
+        }
+    }
+    if r.hour_days < r.minute_days {
+        return Err(invalid(
+            "retention.hour_days",
+            r.hour_days,
+            format!(
+                "hours cannot be kept shorter than minutes (retention.minute_days = {})",
+                r.minute_days
+            ),
+        ));
+    }
+    if r.day_days < r.hour_days {
+        return Err(invalid(
+            "retention.day_days",
+            r.day_days,
+            format!(
+                "days cannot be kept shorter than hours (retention.hour_days = {})",
+                r.hour_days
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+fn validate_web(raw: RawWeb) -> Result<WebConfig, ConfigError> {
+    let listen_text = raw.listen.unwrap_or_else(|| "0.0.0.0:8080".to_string());
+    let listen = listen_text
+        .parse::<SocketAddr>()
+        .ok()
+        .filter(|a| a.port() != 0)
+        .ok_or_else(|| {
+            invalid(
+                "web.listen",
+                &listen_text,
+                "expected ADDRESS:PORT with a port from 1 to 65535, e.g. 0.0.0.0:8080",
+            )
+        })?;
+    let tls = match raw.tls.as_deref().unwrap_or("off") {
+        "off" => TlsMode::Off,
+        "self-signed" => TlsMode::SelfSigned,
+        "files" => match (raw.tls_cert, raw.tls_key) {
+            (Some(cert), Some(key)) => TlsMode::Files { cert, key },
+            _ => {
+                return Err(invalid(
+                    "web.tls",
+                    "files",
+                    "needs both web.tls_cert and web.tls_key",
+                ))
+            }
+        },
+        other => {
+            return Err(invalid(
+                "web.tls",
+                other,
+                "expected off, self-signed or files",
+            ))
+        }
+    };
+    Ok(WebConfig { listen, tls })
 }
 
 fn percent_encode(s: &str) -> String {
@@ -342,14 +825,35 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+pub const DEFAULT_SECRETS_PATH: &str = "/etc/flowstage/secrets.toml";
+
 impl Config {
     /// Load `path`; a missing file at the default location means all defaults, so the
-    /// collector runs without any installer.
+    /// collector runs without any installer. The database password is resolved too.
     pub fn load_or_default(path: &Path) -> Result<Config, ConfigError> {
-        if !path.exists() && path == Path::new(DEFAULT_CONFIG_PATH) {
-            return RawConfig::default().validate();
+        let mut config = if !path.exists() && path == Path::new(DEFAULT_CONFIG_PATH) {
+            RawConfig::default().validate()?
+        } else {
+            RawConfig::load(path)?.validate()?
+        };
+        config.resolve_password()?;
+        Ok(config)
+    }
+
+    /// Append the database password to `database_url`: from `database.password_file`,
+    /// or from the installer's secrets file when it exists and is readable (a user
+    /// without access falls back to peer authentication).
+    pub fn resolve_password(&mut self) -> Result<(), ConfigError> {
+        let password = match &self.database.password_file {
+            Some(file) => Some(read_password_file(file)?),
+            None => read_password_file(Path::new(DEFAULT_SECRETS_PATH)).ok(),
+        };
+        if let Some(password) = password.filter(|p| !p.is_empty()) {
+            let url = &self.database.url;
+            let sep = if url.contains('?') { '&' } else { '?' };
+            self.database_url = format!("{url}{sep}password={}", percent_encode(&password));
         }
-        RawConfig::load(path)?.validate()
+        Ok(())
     }
 }
 
@@ -403,10 +907,11 @@ mod tests {
             "[database]\nurl = \"postgresql:///flowstage?host=/run/postgresql\"\npassword_file = \"{}\"\n",
             file.display()
         );
-        let config = RawConfig::from_toml(&text, Path::new("x"))
+        let mut config = RawConfig::from_toml(&text, Path::new("x"))
             .unwrap()
             .validate()
             .unwrap();
+        config.resolve_password().unwrap();
         assert!(
             config.database_url.ends_with("&password=s3cr%26t"),
             "{}",

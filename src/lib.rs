@@ -4,7 +4,8 @@
 //! call in here. The data path is [`decode`] (pure datagram decoding) →
 //! [`collector`] (UDP receive, per-exporter counters, minute aggregation, spool and
 //! PostgreSQL writer) → [`report`] (queries over the aggregates). [`gen`] and
-//! [`encode`] produce traffic with known totals for tests and benchmarks.
+//! [`encode`] produce traffic with known totals for tests and benchmarks. [`setup`] is
+//! the installer and configuration manager; [`web`] the web daemon.
 
 pub mod cli;
 pub mod collector;
@@ -14,5 +15,7 @@ pub mod decode;
 pub mod encode;
 pub mod gen;
 pub mod report;
+pub mod setup;
 pub mod timespec;
 pub mod totals;
+pub mod web;

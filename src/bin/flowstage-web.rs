@@ -1,18 +1,19 @@
-//! `flowstage-web`: the web daemon (reports, graphs, JSON API, users). Until its
-//! implementation lands it prints what it will serve and exits non-zero.
+//! `flowstage-web`: the web daemon.
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use flowstage::cli::init_tracing;
+use flowstage::web::{web_main, WebCli};
+
 fn main() -> ExitCode {
-    println!("flowstage-web is not implemented yet. Planned: login, dashboard, exporter and");
-    println!("interface pages, reports with graphs, /api/v1 with OpenAPI, users and grants.");
-    println!("Meanwhile: flowstage-collector report --by dst-port --from -1h");
-    if std::env::args()
-        .nth(1)
-        .is_some_and(|a| a == "--help" || a == "-h")
-    {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    let cli = WebCli::parse();
+    init_tracing();
+    match web_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowstage-web: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,434 @@
+//! `flowstage-setup`: the appliance installer and configuration manager. `check` runs
+//! the preflight; `install` and `reconfigure` walk the same idempotent steps (plan,
+//! show, apply); `status` checks what is really running; `uninstall` takes it all back.
+//! `--root DIR` renders the whole appliance under DIR without touching the host.
+
+pub mod checks;
+pub mod files;
+pub mod host;
+pub mod preflight;
+pub mod render;
+pub mod secrets;
+pub mod status;
+pub mod steps;
+pub mod uninstall;
+pub mod wizard;
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use checks::{CheckReport, Level};
+use files::Backup;
+use host::Host;
+use render::CONFIG_PATH;
+use steps::{Context, STEP_NAMES};
+
+use crate::config::{Config, RawConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowstage-setup",
+    version,
+    about = "Install, reconfigure, check and remove the Flowstage appliance on this host"
+)]
+pub struct SetupCli {
+    /// Read and write every file under DIR instead of /; package, service and SQL
+    /// actions are planned and reported as skipped.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Configuration file (under --root if given).
+    #[arg(long, global = true, default_value = CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Database URL (libpq style) for the checks, overriding the configuration.
+    #[arg(long, global = true)]
+    pub database: Option<String>,
+    #[command(subcommand)]
+    pub command: SetupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetupCommand {
+    /// Preflight: can Flowstage be installed here, and what should you know first?
+    Check(CheckArgs),
+    /// Install and start the appliance (a wizard on a terminal, or --answers FILE --yes).
+    Install(InstallArgs),
+    /// Render everything from the configuration and apply only the difference.
+    Reconfigure(ReconfigureArgs),
+    /// Health checks: ok / warn / fail each; exit 0 all ok, 1 warnings, 2 failures.
+    Status(StatusArgs),
+    /// Stop and remove services, units, binaries and managed blocks; restore originals.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Go on with an unsupported OS (reported as a warning).
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Answers file (same format as /etc/flowstage/flowstage.toml).
+    #[arg(long, value_name = "FILE")]
+    pub answers: Option<PathBuf>,
+    /// Never ask: use the answers file, the existing configuration, or the defaults.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Install on an unsupported OS.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the plan and the diffs, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconfigureArgs {
+    /// Print the plan and unified diffs, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Mail the report to the admin when its result changed since the last `--mail` run
+    /// (the hourly timer uses this).
+    #[arg(long)]
+    pub mail: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Also drop the database and role, and delete flow data, logs, configuration,
+    /// secrets and the system user.
+    #[arg(long)]
+    pub purge_data: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// Run a `flowstage-setup` command; returns the process exit code.
+pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
+    let mut host = Host::new(cli.root.clone());
+    let config_path = host.path(&cli.config);
+    match cli.command {
+        SetupCommand::Check(args) => {
+            let config = load_config_or_default(&config_path)?;
+            let report = CheckReport::new(preflight::run(
+                &host,
+                &config,
+                preflight::PreflightOptions { force: args.force },
+            ));
+            print_report(&report, args.json)?;
+            print_sizing(&config, args.json);
+            Ok(report.exit_code())
+        }
+        SetupCommand::Install(args) => {
+            let Some((config, text)) = install_config(&host, &config_path, &args)? else {
+                eprintln!("Nothing installed.");
+                return Ok(1);
+            };
+            if !args.dry_run {
+                host.open_log("install")?;
+            }
+            let pre = CheckReport::new(preflight::run(
+                &host,
+                &config,
+                preflight::PreflightOptions { force: args.force },
+            ));
+            eprintln!("Preflight:");
+            eprint!("{}", indent(&pre.to_text()));
+            print_sizing(&config, false);
+            if pre.worst() == Level::Fail && host.is_live() {
+                anyhow::bail!("preflight failed; nothing was changed (see above)");
+            }
+            let ctx = Context::new(&host, &config, Some(text))?;
+            let outcome = run_steps(&ctx, args.dry_run)?;
+            if !args.dry_run {
+                eprintln!();
+                eprintln!("Flowstage is installed on {}.", config.site.name);
+                eprintln!(
+                    "  Flows:   send NetFlow v5/v9 or IPFIX to UDP {}",
+                    config
+                        .collector
+                        .listen
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                eprintln!("  Web UI:  {}/", config.web.local_url());
+                eprintln!("  Reports: flowstage-collector report --by dst-port --from -1h");
+                eprintln!("  Health:  flowstage-setup status");
+                if let Some(log) = ctx.host.log_path() {
+                    eprintln!("  Log of this run: {}", log.display());
+                }
+            }
+            Ok(outcome)
+        }
+        SetupCommand::Reconfigure(args) => {
+            let config = load_config(&config_path)?;
+            if !args.dry_run {
+                host.open_log("reconfigure")?;
+            }
+            let ctx = Context::new(&host, &config, None)?;
+            run_steps(&ctx, args.dry_run)
+        }
+        SetupCommand::Status(args) => {
+            let checks = match load_config(&config_path) {
+                Ok(mut config) => {
+                    if let Some(url) = &cli.database {
+                        config.database.url = url.clone();
+                    }
+                    let ctx = Context::new(&host, &config, None)?;
+                    status::run(&ctx)?
+                }
+                Err(e) => vec![checks::Check::fail("config", format!("{e:#}"))],
+            };
+            let report = CheckReport::new(checks);
+            print_report(&report, args.json)?;
+            if args.mail {
+                mail_if_changed(&host, &config_path, &report)?;
+            }
+            Ok(report.exit_code())
+        }
+        SetupCommand::Uninstall(args) => {
+            if !args.yes {
+                if !std::io::stdin().is_terminal() {
+                    anyhow::bail!(
+                        "no terminal to confirm on: run `flowstage-setup uninstall --yes`"
+                    );
+                }
+                let sure = dialoguer::Confirm::new()
+                    .with_prompt(if args.purge_data {
+                        "Remove Flowstage AND delete its database, flow data and configuration?"
+                    } else {
+                        "Remove Flowstage (keeping its database, data and configuration)?"
+                    })
+                    .default(false)
+                    .interact()?;
+                if !sure {
+                    eprintln!("Nothing removed.");
+                    return Ok(1);
+                }
+            }
+            host.open_log("uninstall")?;
+            let config = load_config_or_default(&config_path)?;
+            uninstall::run(&host, &config, args.purge_data)?;
+            Ok(0)
+        }
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+fn print_report(report: &CheckReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}
+
+fn print_sizing(config: &Config, json: bool) {
+    if json {
+        return;
+    }
+    let need = preflight::sizing(config);
+    eprintln!(
+        "Sizing estimate for {} flows/s: database {}, data directory {} (raw archive {} days + spool).",
+        config.collector.expected_flows_per_second,
+        preflight::human_bytes(need.database_bytes),
+        preflight::human_bytes(need.data_dir_bytes),
+        config.retention.raw_days
+    );
+}
+
+/// Load and validate a configuration file; errors name the key and line.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    RawConfig::load(path)
+        .and_then(|r| r.validate())
+        .with_context(|| format!("invalid configuration {}", path.display()))
+}
+
+fn load_config_or_default(path: &Path) -> anyhow::Result<Config> {
+    if path.exists() {
+        load_config(path)
+    } else {
+        Ok(RawConfig::default().validate()?)
+    }
+}
+
+/// The configuration `install` installs, and its file text. `None`: the operator
+/// declined in the wizard.
+fn install_config(
+    host: &Host,
+    config_path: &Path,
+    args: &InstallArgs,
+) -> anyhow::Result<Option<(Config, String)>> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let text = if let Some(answers) = &args.answers {
+        let text = std::fs::read_to_string(answers)
+            .with_context(|| format!("reading answers file {}", answers.display()))?;
+        Some(text)
+    } else if args.yes {
+        match std::fs::read_to_string(config_path) {
+            Ok(existing) => Some(existing),
+            Err(_) => Some(wizard::config_text(&RawConfig::default().validate()?)?),
+        }
+    } else if interactive {
+        let defaults = load_config_or_default(config_path)?;
+        wizard::run(&defaults)?
+    } else {
+        anyhow::bail!(
+            "no terminal to ask questions on: run `flowstage-setup install --answers FILE --yes` \
+             (see provision/answers.example.toml), or `--yes` for the defaults"
+        );
+    };
+    let Some(text) = text else { return Ok(None) };
+    let name = args
+        .answers
+        .clone()
+        .unwrap_or_else(|| config_path.to_path_buf());
+    let config = RawConfig::from_toml(&text, &name)
+        .and_then(|r| r.validate())
+        .with_context(|| format!("invalid answers in {}", name.display()))?;
+    if args.answers.is_some() && !args.yes && !interactive {
+        anyhow::bail!("no terminal to confirm on: add --yes to install from the answers file");
+    }
+    if args.answers.is_some() && !args.yes {
+        let ok = dialoguer::Confirm::new()
+            .with_prompt(format!(
+                "Install {} from {}?",
+                config.site.name,
+                name.display()
+            ))
+            .default(true)
+            .interact()?;
+        if !ok {
+            return Ok(None);
+        }
+    }
+    let _ = host;
+    Ok(Some((config, text)))
+}
+
+/// The test-only switch that simulates a crash after a step.
+fn abort_after() -> Option<String> {
+    std::env::var("FLOWSTAGE_SETUP_ABORT_AFTER").ok()
+}
+
+/// Plan and apply every step in order; print what changes. Exit code 0.
+fn run_steps(ctx: &Context, dry_run: bool) -> anyhow::Result<u8> {
+    let mut backup = Backup::new(ctx.host);
+    let mut affected = HashSet::new();
+    let (mut files_changed, mut actions_run, mut skipped) = (0usize, 0usize, Vec::new());
+    let total = STEP_NAMES.len();
+    for (i, name) in STEP_NAMES.iter().enumerate() {
+        let plan = steps::plan(ctx, name, &affected)?;
+        let changed: Vec<_> = plan.changed_files().collect();
+        let live_actions = if ctx.host.is_live() {
+            plan.actions.len()
+        } else {
+            plan.actions.iter().filter(|a| a.is_file_tree()).count()
+        };
+        let head = format!("[{}/{total}] {name:<11}", i + 1);
+        if changed.is_empty() && live_actions == 0 {
+            eprintln!("{head} ok, nothing to change");
+        } else {
+            eprintln!(
+                "{head} {} file(s), {} action(s){}",
+                changed.len(),
+                live_actions,
+                if dry_run { " planned" } else { "" }
+            );
+        }
+        for f in &changed {
+            eprintln!("      {f}");
+        }
+        for a in &plan.actions {
+            if ctx.host.is_live() || a.is_file_tree() {
+                eprintln!("      {a}");
+            } else {
+                skipped.push(format!("{name}: {a}"));
+            }
+        }
+        for n in &plan.notes {
+            eprintln!("      ({n})");
+        }
+        for w in &plan.warnings {
+            eprintln!("      warning: {w}");
+            ctx.host.log(format!("warning: {w}"));
+        }
+        if dry_run {
+            for f in &changed {
+                print!("{}", f.diff());
+            }
+        } else {
+            steps::apply(ctx, &plan, &mut backup)?;
+        }
+        for f in &changed {
+            affected.extend(f.desired.affects.iter().copied());
+        }
+        files_changed += changed.len();
+        actions_run += live_actions;
+        if abort_after().as_deref() == Some(name) {
+            eprintln!("aborting after step {name} (FLOWSTAGE_SETUP_ABORT_AFTER)");
+            std::process::exit(99);
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!("Skipped (--root): {}", skipped.join("; "));
+    }
+    if files_changed == 0 && actions_run == 0 {
+        eprintln!("no changes");
+    } else if dry_run {
+        eprintln!("dry run: {files_changed} file(s) and {actions_run} action(s) would change; nothing was changed");
+    } else {
+        eprintln!("{files_changed} file(s) changed, {actions_run} action(s) run");
+        if let Some(dir) = backup.dir() {
+            eprintln!("previous versions saved in {}", dir.display());
+        }
+    }
+    Ok(0)
+}
+
+fn mail_if_changed(host: &Host, config_path: &Path, report: &CheckReport) -> anyhow::Result<()> {
+    let state = host.path("/var/lib/flowstage/status-last");
+    let now = format!("{:?}", report.worst());
+    let before = std::fs::read_to_string(&state).unwrap_or_default();
+    if before.trim() == now {
+        return Ok(());
+    }
+    let config = load_config_or_default(config_path)?;
+    let mail = format!(
+        "To: {}\nSubject: [flowstage {}] status: {}\n\n{}",
+        config.site.admin_email,
+        config.site.name,
+        report.summary,
+        report.to_text()
+    );
+    if host.is_live() {
+        host.run_with_input(
+            std::process::Command::new("/usr/sbin/sendmail").args(["-t", "-oi"]),
+            Some(&mail),
+        )?;
+    }
+    std::fs::write(&state, now)?;
+    Ok(())
+}

@@ -1,0 +1,520 @@
+//! `flowstage-setup status`: what is really true on this host, not what a config file
+//! says: the configuration, each managed file against what `reconfigure` would write
+//! (drift), each service's process, the collector's own counters, the database, disk,
+//! time, postfix's listening sockets, the pg_hba block, and the web daemon over HTTP.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::checks::Check;
+use super::files::{self, ChangeKind};
+use super::preflight::{free_bytes, human_bytes};
+use super::render::{self, pg_hba_path};
+use super::steps::{self, Context};
+
+/// Migrations in `sql/` the database has not applied yet.
+pub async fn pending_migrations(client: &tokio_postgres::Client) -> anyhow::Result<Vec<i32>> {
+    let exists = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    let applied: Vec<i32> = if exists {
+        client
+            .query("SELECT version FROM schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(crate::db::MIGRATIONS
+        .iter()
+        .map(|m| m.0)
+        .filter(|v| !applied.contains(v))
+        .collect())
+}
+
+pub fn file_checks(ctx: &Context<'_>) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for desired in ctx.all_files()? {
+        let change = files::compare(ctx.host, desired)?;
+        let name = format!("file {}", change.desired.path.display());
+        checks.push(match change.kind {
+            ChangeKind::Unchanged => Check::ok(name, "as rendered"),
+            ChangeKind::Create => Check::fail(name, "missing; `flowstage-setup reconfigure` writes it"),
+            ChangeKind::Update => Check::warn(
+                name,
+                "drift: differs from the rendered version; `reconfigure --dry-run` shows the diff, `reconfigure` restores it",
+            ),
+            ChangeKind::Metadata => Check::warn(
+                name,
+                format!(
+                    "drift: {}",
+                    change.metadata_note.as_deref().unwrap_or("mode or owner differs")
+                ),
+            ),
+        });
+    }
+    Ok(checks)
+}
+
+pub fn pg_hba_check(ctx: &Context<'_>) -> Check {
+    let path = pg_hba_path(ctx.pg_version);
+    let name = "pg_hba block";
+    let Ok(text) = std::fs::read_to_string(ctx.host.path(&path)) else {
+        return Check::fail(name, format!("{path} cannot be read"));
+    };
+    let first_rule = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && (!l.starts_with('#') || l.starts_with(files::BLOCK_BEGIN)));
+    match (files::block_body(&text), first_rule) {
+        (None, _) => Check::fail(name, format!("{path}: the Flowstage block is missing")),
+        (Some(_), Some(l)) if l.starts_with(files::BLOCK_BEGIN) => {
+            Check::ok(name, format!("{path}: present and first"))
+        }
+        (Some(_), _) => Check::fail(
+            name,
+            format!("{path}: a rule precedes the Flowstage block, so it may not apply"),
+        ),
+    }
+}
+
+fn uptime_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let after = stat.rsplit_once(") ")?.1;
+    let start_ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let boot_secs: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(Duration::from_secs_f64(
+        (boot_secs - start_ticks as f64 / ticks).max(0.0),
+    ))
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+fn service_checks(ctx: &Context<'_>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for service in render::SERVICES {
+        let name = format!("service {service}");
+        checks.push(match steps::flowstage_pid(ctx.systemd, ctx.host, service) {
+            Some(pid) => Check::ok(
+                name,
+                format!(
+                    "running, pid {pid}, up {}",
+                    uptime_of(pid)
+                        .map(human_duration)
+                        .unwrap_or_else(|| "?".into())
+                ),
+            ),
+            None => Check::fail(name, "not running"),
+        });
+    }
+    let mut others = vec!["postfix"];
+    if !ctx.systemd {
+        others.push("cron");
+    }
+    for s in others {
+        let name = format!("service {s}");
+        checks.push(if steps::service_running(ctx, s) {
+            Check::ok(name, "running")
+        } else {
+            Check::fail(name, "not running")
+        });
+    }
+    let time = steps::time_service(ctx.config.time.daemon);
+    checks.push(if !steps::can_set_clock() {
+        Check::warn(
+            format!("service {time}"),
+            "not started: this machine cannot set its clock (container); the host keeps time",
+        )
+    } else if steps::service_running(ctx, time) {
+        Check::ok(format!("service {time}"), "running")
+    } else {
+        Check::fail(format!("service {time}"), "not running")
+    });
+    checks
+}
+
+#[derive(Debug, Default)]
+struct ExporterCounters {
+    packets: u64,
+    flows: u64,
+    lost: u64,
+    errors: u64,
+    last_seen: u64,
+}
+
+/// Per-exporter counters from the collector's Prometheus text.
+fn parse_metrics(text: &str) -> BTreeMap<String, ExporterCounters> {
+    let mut out: BTreeMap<String, ExporterCounters> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once('{') else {
+            continue;
+        };
+        let Some(exporter) = labels
+            .split("exporter=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        let v: u64 = value.trim().parse().unwrap_or(0);
+        let e = out.entry(exporter.to_string()).or_default();
+        match name {
+            "flowstage_exporter_packets_total" => e.packets += v,
+            "flowstage_exporter_flows_total" => e.flows += v,
+            "flowstage_exporter_lost_flows_total" => e.lost += v,
+            "flowstage_exporter_decode_errors_total" => e.errors += v,
+            "flowstage_exporter_last_seen_seconds" => e.last_seen = e.last_seen.max(v),
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn collector_checks(ctx: &Context<'_>) -> Vec<Check> {
+    let Some(metrics) = ctx.config.collector.metrics else {
+        return vec![Check::warn(
+            "collector receiving",
+            "collector.metrics is not set, so its counters cannot be read",
+        )];
+    };
+    let url = format!("http://{metrics}/metrics");
+    let text = match http_client(Duration::from_secs(2)) {
+        Ok(c) => match c.get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => return vec![Check::fail("collector receiving", format!("{url}: {e}"))],
+        },
+        Err(e) => return vec![Check::fail("collector receiving", format!("{e:#}"))],
+    };
+    let exporters = parse_metrics(&text);
+    if exporters.is_empty() {
+        return vec![Check::warn(
+            "collector receiving",
+            format!(
+                "no exporter has sent anything yet (listening on {})",
+                ctx.config
+                    .collector
+                    .listen
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )];
+    }
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    exporters
+        .into_iter()
+        .map(|(exporter, c)| {
+            let name = format!("exporter {exporter}");
+            let age = now.saturating_sub(c.last_seen);
+            let loss = if c.flows + c.lost > 0 {
+                100.0 * c.lost as f64 / (c.flows + c.lost) as f64
+            } else {
+                0.0
+            };
+            let detail = format!(
+                "last packet {} ago, {} flows, loss {loss:.2} %, {} decode error(s)",
+                human_duration(Duration::from_secs(age)),
+                c.flows,
+                c.errors
+            );
+            if age > 600 {
+                Check::warn(name, format!("silent: {detail}"))
+            } else if loss > 1.0 || c.errors * 1000 > c.packets.max(1) {
+                Check::warn(name, detail)
+            } else {
+                Check::ok(name, detail)
+            }
+        })
+        .collect()
+}
+
+async fn database_checks(ctx: &Context<'_>) -> Vec<Check> {
+    let url = ctx.database_url();
+    let client = match tokio::time::timeout(Duration::from_secs(5), crate::db::connect(&url)).await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return vec![Check::fail("database", format!("{e:#}"))],
+        Err(_) => return vec![Check::fail("database", "no answer within 5 s")],
+    };
+    let mut checks = vec![Check::ok(
+        "database",
+        format!(
+            "reachable at {}",
+            crate::config::redact_url(&ctx.config.database.url)
+        ),
+    )];
+    checks.push(match pending_migrations(&client).await {
+        Ok(p) if p.is_empty() => Check::ok(
+            "migrations",
+            format!("current ({} applied)", crate::db::MIGRATIONS.len()),
+        ),
+        Ok(p) => Check::fail("migrations", format!("{} pending: {p:?}", p.len())),
+        Err(e) => Check::fail("migrations", format!("{e:#}")),
+    });
+    let newest = client
+        .query_one(
+            "SELECT extract(epoch FROM now() - max(minute))::bigint FROM flow_totals",
+            &[],
+        )
+        .await;
+    checks.push(match newest {
+        Ok(row) => match row.get::<_, Option<i64>>(0) {
+            None => Check::warn("newest bucket", "no aggregates yet"),
+            Some(age) if age <= 600 => Check::ok(
+                "newest bucket",
+                format!(
+                    "{} old",
+                    human_duration(Duration::from_secs(age.max(0) as u64))
+                ),
+            ),
+            Some(age) => Check::warn(
+                "newest bucket",
+                format!(
+                    "{} old: no flows stored recently",
+                    human_duration(Duration::from_secs(age.max(0) as u64))
+                ),
+            ),
+        },
+        Err(e) => Check::fail("newest bucket", format!("{e}")),
+    });
+    checks
+}
+
+fn disk_checks(ctx: &Context<'_>) -> Vec<Check> {
+    let data = &ctx.config.collector.data_dir;
+    let mut checks = Vec::new();
+    for (name, path) in [
+        ("disk data", data.clone()),
+        ("disk spool", data.join("spool")),
+        (
+            "disk database",
+            Path::new("/var/lib/postgresql").to_path_buf(),
+        ),
+    ] {
+        let Some((at, free)) = free_bytes(&ctx.host.path(&path)) else {
+            checks.push(Check::fail(
+                name,
+                format!("{} does not exist", path.display()),
+            ));
+            continue;
+        };
+        let total = nix::sys::statvfs::statvfs(&at)
+            .map(|s| s.blocks() * s.fragment_size())
+            .unwrap_or(0);
+        let pct = if total > 0 {
+            100.0 * free as f64 / total as f64
+        } else {
+            0.0
+        };
+        let text = format!(
+            "{} free ({pct:.0} %) at {}",
+            human_bytes(free),
+            at.display()
+        );
+        let spool_room = name != "disk spool" || free >= ctx.config.collector.spool_max_bytes;
+        checks.push(if pct < 2.0 || free < 256 << 20 {
+            Check::fail(name, text)
+        } else if pct < 10.0 || !spool_room {
+            Check::warn(
+                name,
+                if spool_room {
+                    text
+                } else {
+                    format!("{text}: less than collector.spool_max_bytes")
+                },
+            )
+        } else {
+            Check::ok(name, text)
+        });
+    }
+    checks
+}
+
+/// TCP listeners on port 25, from /proc/net/tcp{,6}: (address, loopback?).
+fn smtp_listeners() -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (f.get(1), f.get(3)) else {
+                continue;
+            };
+            if *state != "0A" {
+                continue;
+            }
+            let Some((addr, port)) = local.split_once(':') else {
+                continue;
+            };
+            if port != "0019" {
+                continue;
+            }
+            let loopback = if v6 {
+                addr == "00000000000000000000000001000000"
+                    || addr.starts_with("0000000000000000FFFF0000") && addr.ends_with("7F")
+            } else {
+                addr.ends_with("7F")
+            };
+            out.push((addr.to_string(), loopback));
+        }
+    }
+    out
+}
+
+fn postfix_check() -> Check {
+    let listeners = smtp_listeners();
+    let name = "postfix loopback only";
+    if listeners.is_empty() {
+        Check::fail(name, "nothing listens on port 25")
+    } else if listeners.iter().all(|(_, lo)| *lo) {
+        Check::ok(
+            name,
+            format!("{} listener(s), all on loopback", listeners.len()),
+        )
+    } else {
+        Check::fail(name, "port 25 is open on a non-loopback address")
+    }
+}
+
+fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyCert))
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .tls_backend_preconfigured(tls)
+        .build()?)
+}
+
+/// The local web daemon may use a self-signed certificate; status checks that it
+/// answers, not who signed it.
+#[derive(Debug)]
+struct AcceptAnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+async fn web_check(ctx: &Context<'_>) -> Check {
+    let url = format!("{}/healthz", ctx.config.web.local_url());
+    let name = "web";
+    match http_client(Duration::from_secs(3)) {
+        Ok(client) => match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => {
+                Check::ok(name, format!("{url} answers {}", r.status()))
+            }
+            Ok(r) => Check::fail(name, format!("{url} answers {}", r.status())),
+            Err(e) => Check::fail(name, format!("{url}: {e}")),
+        },
+        Err(e) => Check::fail(name, format!("{e:#}")),
+    }
+}
+
+/// Every check that applies to this host (only file checks under `--root`).
+pub fn run(ctx: &Context<'_>) -> anyhow::Result<Vec<Check>> {
+    let mut checks = vec![Check::ok(
+        "config",
+        format!("{} is valid", render::CONFIG_PATH),
+    )];
+    checks.extend(file_checks(ctx)?);
+    checks.push(pg_hba_check(ctx));
+    if !ctx.host.is_live() {
+        return Ok(checks);
+    }
+    checks.extend(service_checks(ctx));
+    let rt = steps::runtime()?;
+    checks.extend(rt.block_on(collector_checks(ctx)));
+    checks.extend(rt.block_on(database_checks(ctx)));
+    checks.extend(disk_checks(ctx));
+    let (synced, why) = super::preflight::time_sync(ctx.host);
+    checks.push(if !steps::can_set_clock() {
+        Check::warn(
+            "time sync",
+            "this machine cannot set its clock (container): the host's clock is used",
+        )
+    } else if synced {
+        Check::ok("time sync", why)
+    } else {
+        Check::warn("time sync", why)
+    });
+    checks.push(postfix_check());
+    checks.push(rt.block_on(web_check(ctx)));
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_summed_per_exporter() {
+        let text = "# HELP x\nflowstage_exporter_flows_total{exporter=\"192.0.2.1\",protocol=\"v9\",source_id=\"0\"} 90\nflowstage_exporter_flows_total{exporter=\"192.0.2.1\",protocol=\"v9\",source_id=\"1\"} 10\nflowstage_exporter_lost_flows_total{exporter=\"192.0.2.1\",protocol=\"v9\",source_id=\"1\"} 5\nflowstage_exporter_last_seen_seconds{exporter=\"192.0.2.1\",protocol=\"v9\",source_id=\"0\"} 1700000000\n";
+        let m = parse_metrics(text);
+        let e = &m["192.0.2.1"];
+        assert_eq!((e.flows, e.lost, e.last_seen), (100, 5, 1_700_000_000));
+    }
+}

@@ -100,7 +100,6 @@ struct TemplateValues {
     time_daemon: TimeDaemon,
     time_servers: Vec<TimeServer>,
     relay_host: String,
-    mail_hostname: String,
     db_name: String,
     db_user: String,
     receive_buffer_bytes: usize,
@@ -190,7 +189,6 @@ impl Renderer {
                 })
                 .collect(),
             relay_host: config.mail.relay_host.clone().unwrap_or_default(),
-            mail_hostname: crate::config::local_hostname(),
             db_name,
             db_user,
             receive_buffer_bytes: config.collector.receive_buffer_bytes,
@@ -316,13 +314,20 @@ impl Renderer {
     }
 }
 
-/// Where this program's sibling binaries are (the build directory, or /usr/local/bin).
+/// Where the binaries to install come from: this program's own directory (the build
+/// directory, or /usr/local/bin itself on reconfigure), or
+/// `FLOWSTAGE_SETUP_BINARIES_FROM` (tests use small stand-ins instead of copying debug
+/// builds into every test root).
 pub fn binary_sources() -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let exe = std::env::current_exe().context("finding this program's path")?;
-    let dir = exe
-        .parent()
-        .context("this program's path has no directory")?
-        .to_path_buf();
+    let dir = match std::env::var_os("FLOWSTAGE_SETUP_BINARIES_FROM") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().context("finding this program's path")?;
+            exe.parent()
+                .context("this program's path has no directory")?
+                .to_path_buf()
+        }
+    };
     Ok(BINARIES
         .iter()
         .map(|name| (format!("{BIN_DIR}/{name}"), dir.join(name)))

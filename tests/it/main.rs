@@ -10,4 +10,5 @@ mod decode;
 mod end_to_end;
 mod peers;
 mod resilience;
+mod setup;
 mod writer;

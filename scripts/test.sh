@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite. On a fresh Debian 12 machine, as root, it first installs what
 # the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump); the tests
-# start their own PostgreSQL clusters and collectors and stop them at the end.
+# start their own PostgreSQL clusters and collectors and stop them at the end. As root
+# on Debian/Ubuntu it also runs the installer's end-to-end test, which really installs
+# the appliance on this machine and uninstalls it again (FLOWSTAGE_E2E_INSTALL=0 skips
+# it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +15,7 @@ command -v mergecap >/dev/null || need+=(wireshark-common)
 command -v softflowd >/dev/null || need+=(softflowd)
 command -v nfcapd >/dev/null || need+=(nfdump)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "test.sh: missing packages: ${need[*]}; install them or run as root" >&2
@@ -26,4 +30,7 @@ fi
 command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust 1.85 or newer (https://rustup.rs)" >&2; exit 1; }
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+if [ "$(id -u)" -eq 0 ] && [ -f /etc/debian_version ]; then
+    export FLOWSTAGE_E2E_INSTALL=${FLOWSTAGE_E2E_INSTALL:-1}
+fi
 cargo test --locked --all-targets

@@ -1,7 +1,7 @@
 //! `/etc/flowstage/flowstage.toml`, read in two stages: [`RawConfig`] is exactly what
 //! the file may say (unknown keys are errors), [`RawConfig::validate`] turns it into a
 //! checked [`Config`]. Defaults are documented on each field and in
-//! `provision/flowstage.example.toml`.
+//! `provision/answers.example.toml`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -136,10 +136,11 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             Ok(report.exit_code())
         }
         SetupCommand::Install(args) => {
-            let Some((config, text)) = install_config(&host, &config_path, &args)? else {
+            let Some((mut config, text)) = install_config(&host, &config_path, &args)? else {
                 eprintln!("Nothing installed.");
                 return Ok(1);
             };
+            override_database(&mut config, &cli.database);
             if !args.dry_run {
                 host.open_log("install")?;
             }
@@ -179,7 +180,8 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             Ok(outcome)
         }
         SetupCommand::Reconfigure(args) => {
-            let config = load_config(&config_path)?;
+            let mut config = load_config(&config_path)?;
+            override_database(&mut config, &cli.database);
             if !args.dry_run {
                 host.open_log("reconfigure")?;
             }
@@ -189,9 +191,7 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
         SetupCommand::Status(args) => {
             let checks = match load_config(&config_path) {
                 Ok(mut config) => {
-                    if let Some(url) = &cli.database {
-                        config.database.url = url.clone();
-                    }
+                    override_database(&mut config, &cli.database);
                     let ctx = Context::new(&host, &config, None)?;
                     status::run(&ctx)?
                 }
@@ -229,6 +229,14 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             uninstall::run(&host, &config, args.purge_data)?;
             Ok(0)
         }
+    }
+}
+
+/// `--database URL`: used instead of the configured URL for the installer's own
+/// connections (migrations, checks).
+fn override_database(config: &mut Config, url: &Option<String>) {
+    if let Some(url) = url {
+        config.database.url = url.clone();
     }
 }
 

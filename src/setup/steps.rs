@@ -84,6 +84,15 @@ impl<'a> Context<'a> {
     /// The database URL with the appliance's password (for the installer's own checks).
     pub fn database_url(&self) -> String {
         let url = &self.config.database.url;
+        // A URL given with its own password (`--database`) is used as it is.
+        let has_password = url.contains("password=")
+            || url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+        if has_password {
+            return url.clone();
+        }
         let sep = if url.contains('?') { '&' } else { '?' };
         format!("{url}{sep}password={}", self.secrets.database_password)
     }
@@ -999,7 +1008,11 @@ fn apt_install(ctx: &Context, packages: &[String]) -> anyhow::Result<()> {
     };
     let shown = format!("apt-get install {}", packages.join(" "));
     host.log(format!("$ {shown}"));
-    let mut child = Command::new("apt-get")
+    // apt's status lines go to fd 3, which the shell joins to our stdout pipe; apt's
+    // own output (and the maintainer scripts') goes to stderr. Status-Fd=1 would take
+    // stdout away from the maintainer scripts, and some fail without it.
+    let mut child = Command::new("sh")
+        .args(["-c", "exec apt-get \"$@\" 3>&1 1>&2", "sh"])
         .args([
             "-q",
             "-y",
@@ -1009,7 +1022,7 @@ fn apt_install(ctx: &Context, packages: &[String]) -> anyhow::Result<()> {
             "-o",
             "Dpkg::Options::=--force-confold",
             "-o",
-            "APT::Status-Fd=1",
+            "APT::Status-Fd=3",
             "-o",
             "Dpkg::Use-Pty=0",
             "install",

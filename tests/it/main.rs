@@ -8,6 +8,7 @@ mod support;
 mod captures;
 mod decode;
 mod end_to_end;
+mod install;
 mod peers;
 mod resilience;
 mod setup;

@@ -8,11 +8,18 @@ use crate::config::redact_url;
 
 /// The migrations in `sql/`, compiled into the binary so an installed collector needs no
 /// source tree. Numbers are applied in order, each once, each in its own transaction.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_flow_aggregates",
-    include_str!("../sql/0001_flow_aggregates.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_flow_aggregates",
+        include_str!("../sql/0001_flow_aggregates.sql"),
+    ),
+    (
+        2,
+        "0002_users_and_grants",
+        include_str!("../sql/0002_users_and_grants.sql"),
+    ),
+];
 
 /// Connect and spawn the connection task on the current runtime.
 pub async fn connect(url: &str) -> anyhow::Result<Client> {

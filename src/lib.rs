@@ -18,4 +18,5 @@ pub mod report;
 pub mod setup;
 pub mod timespec;
 pub mod totals;
+pub mod users;
 pub mod web;

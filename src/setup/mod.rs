@@ -62,6 +62,59 @@ pub enum SetupCommand {
     Status(StatusArgs),
     /// Stop and remove services, units, binaries and managed blocks; restore originals.
     Uninstall(UninstallArgs),
+    /// Web users, roles and grants.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user; prints a generated password once unless --password-stdin.
+    Add {
+        name: String,
+        /// admin or viewer.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users with their grants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a user see interfaces: --all, --exporter E [--interface N | --description RE],
+    /// or --group G. Rules also cover interfaces discovered later.
+    Grant {
+        name: String,
+        #[arg(long, conflicts_with_all = ["exporter", "group"])]
+        all: bool,
+        /// Exporter address or name.
+        #[arg(long)]
+        exporter: Option<String>,
+        /// One interface (ifIndex) of the exporter.
+        #[arg(long, requires = "exporter")]
+        interface: Option<i64>,
+        /// Only interfaces whose description matches this regular expression.
+        #[arg(long, requires = "exporter")]
+        description: Option<String>,
+        /// An interface group.
+        #[arg(long, conflicts_with = "exporter")]
+        group: Option<String>,
+    },
+    /// Remove a grant (its number from `users list`).
+    Revoke { name: String, grant: i32 },
+    /// Disable a user (sessions end, logins refused).
+    Disable { name: String },
+    /// Enable a disabled user.
+    Enable { name: String },
+    /// Set a user's password (generated and printed once unless --password-stdin).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +224,12 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
                         .join(", ")
                 );
                 eprintln!("  Web UI:  {}/", config.web.local_url());
+                if ctx.host.path(steps::INITIAL_ADMIN_PASSWORD).exists() {
+                    eprintln!(
+                        "  Admin:   user \"admin\", password in {} (root only); change it with `flowstage-setup users passwd admin`",
+                        steps::INITIAL_ADMIN_PASSWORD
+                    );
+                }
                 eprintln!("  Reports: flowstage-collector report --by dst-port --from -1h");
                 eprintln!("  Health:  flowstage-setup status");
                 if let Some(log) = ctx.host.log_path() {
@@ -204,6 +263,15 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             }
             Ok(report.exit_code())
         }
+        SetupCommand::Users(cmd) => {
+            let mut config = load_config_or_default(&config_path)?;
+            config.resolve_password()?;
+            if let Some(url) = &cli.database {
+                config.database_url = url.clone();
+            }
+            users_command(&config.database_url, cmd)?;
+            Ok(0)
+        }
         SetupCommand::Uninstall(args) => {
             if !args.yes {
                 if !std::io::stdin().is_terminal() {
@@ -230,6 +298,107 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok((line.trim_end_matches(['\r', '\n']).to_string(), false))
+    } else {
+        Ok((crate::users::generate_password()?, true))
+    }
+}
+
+fn users_command(database_url: &str, cmd: UsersCommand) -> anyhow::Result<()> {
+    use crate::users::{self, GrantRule, Role};
+    let actor = users::cli_actor();
+    steps::runtime()?.block_on(async {
+        let client = crate::db::connect(database_url).await?;
+        match cmd {
+            UsersCommand::Add {
+                name,
+                role,
+                password_stdin,
+            } => {
+                let role: Role = role.parse()?;
+                let (password, generated) = read_password(password_stdin)?;
+                users::add(&client, &actor, &name, role, &password).await?;
+                eprintln!("added {} {name}", role.as_str());
+                if generated {
+                    println!("password for {name} (shown once): {password}");
+                }
+            }
+            UsersCommand::List { json } => {
+                let list = users::list(&client).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    for u in &list {
+                        println!(
+                            "{:<20} {:<6} {}{}",
+                            u.name,
+                            u.role.as_str(),
+                            if u.disabled { "disabled " } else { "" },
+                            u.last_login
+                                .as_deref()
+                                .map(|l| format!("last login {l}"))
+                                .unwrap_or_else(|| "never logged in".into())
+                        );
+                        for (id, what) in &u.grants {
+                            println!("    grant {id}: {what}");
+                        }
+                    }
+                }
+            }
+            UsersCommand::Grant {
+                name,
+                all,
+                exporter,
+                interface,
+                description,
+                group,
+            } => {
+                let rule = match (all, exporter, group) {
+                    (true, _, _) => GrantRule::All,
+                    (false, Some(exporter), None) => GrantRule::Exporter {
+                        exporter,
+                        ifindex: interface,
+                        description_regex: description,
+                    },
+                    (false, None, Some(g)) => GrantRule::Group(g),
+                    _ => anyhow::bail!("say what to grant: --all, --exporter E or --group G"),
+                };
+                let id = users::grant(&client, &actor, &name, &rule).await?;
+                println!("grant {id}: {name} may see {rule}");
+            }
+            UsersCommand::Revoke { name, grant } => {
+                users::revoke(&client, &actor, &name, grant).await?;
+                println!("revoked grant {grant} of {name}");
+            }
+            UsersCommand::Disable { name } => {
+                users::set_disabled(&client, &actor, &name, true).await?;
+                println!("disabled {name}");
+            }
+            UsersCommand::Enable { name } => {
+                users::set_disabled(&client, &actor, &name, false).await?;
+                println!("enabled {name}");
+            }
+            UsersCommand::Passwd {
+                name,
+                password_stdin,
+            } => {
+                let (password, generated) = read_password(password_stdin)?;
+                users::set_password(&client, &actor, &name, &password).await?;
+                if generated {
+                    println!("new password for {name} (shown once): {password}");
+                } else {
+                    println!("password of {name} changed");
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 /// `--database URL`: used instead of the configured URL for the installer's own

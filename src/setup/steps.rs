@@ -136,6 +136,8 @@ pub enum Action {
     SetRolePassword,
     CreateDatabase,
     Migrate(Vec<i32>),
+    /// The first web admin, with a generated password kept in INITIAL_ADMIN_PASSWORD.
+    CreateFirstAdmin,
     DaemonReload,
     EnableService(String),
     /// A service started or restarted because its inputs changed (or it was down).
@@ -187,6 +189,10 @@ impl fmt::Display for Action {
                     .map(|v| format!("{v:04}"))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+            Action::CreateFirstAdmin => write!(
+                f,
+                "create the first web admin (password in {INITIAL_ADMIN_PASSWORD})"
             ),
             Action::DaemonReload => write!(f, "systemctl daemon-reload"),
             Action::EnableService(s) => write!(f, "enable {s} at boot"),
@@ -587,12 +593,23 @@ fn sql_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Can the appliance's role log in with its password? Returns the pending migrations.
-fn login_works(ctx: &Context) -> anyhow::Result<Vec<i32>> {
+/// Where install leaves the first admin's generated password (root only).
+pub const INITIAL_ADMIN_PASSWORD: &str = "/etc/flowstage/initial_admin_password";
+
+/// Can the appliance's role log in with its password? Returns the pending migrations
+/// and whether a web admin exists.
+fn login_works(ctx: &Context) -> anyhow::Result<(Vec<i32>, bool)> {
     let url = ctx.database_url();
     runtime()?.block_on(async {
         let client = crate::db::connect(&url).await?;
-        super::status::pending_migrations(&client).await
+        let pending = super::status::pending_migrations(&client).await?;
+        let admin = pending.is_empty()
+            && client
+                .query_one("SELECT count(*) FROM users WHERE role = 'admin'", &[])
+                .await?
+                .get::<_, i64>(0)
+                > 0;
+        Ok((pending, admin))
     })
 }
 
@@ -612,6 +629,7 @@ fn plan_postgresql(ctx: &Context) -> anyhow::Result<StepPlan> {
             Action::CreateRole,
             Action::CreateDatabase,
             Action::Migrate(crate::db::MIGRATIONS.iter().map(|m| m.0).collect()),
+            Action::CreateFirstAdmin,
         ]);
         return Ok(p);
     }
@@ -629,8 +647,12 @@ fn plan_postgresql(ctx: &Context) -> anyhow::Result<StepPlan> {
     let online = p.actions.is_empty() || p.actions == [Action::ReloadCluster];
     if online && !hba_changed {
         match login_works(ctx) {
-            Ok(pending) if pending.is_empty() => {}
-            Ok(pending) => p.actions.push(Action::Migrate(pending)),
+            Ok((pending, true)) if pending.is_empty() => {}
+            Ok((pending, _)) if pending.is_empty() => p.actions.push(Action::CreateFirstAdmin),
+            Ok((pending, _)) => {
+                p.actions.push(Action::Migrate(pending));
+                p.actions.push(Action::CreateFirstAdmin);
+            }
             Err(_) => {
                 let role_exists = psql(
                     ctx,
@@ -657,6 +679,7 @@ fn plan_postgresql(ctx: &Context) -> anyhow::Result<StepPlan> {
                     p.actions.push(Action::CreateDatabase);
                 }
                 p.actions.push(Action::Migrate(Vec::new()));
+                p.actions.push(Action::CreateFirstAdmin);
             }
         }
     } else {
@@ -665,6 +688,7 @@ fn plan_postgresql(ctx: &Context) -> anyhow::Result<StepPlan> {
             Action::CreateRole,
             Action::CreateDatabase,
             Action::Migrate(Vec::new()),
+            Action::CreateFirstAdmin,
         ]);
     }
     Ok(p)
@@ -879,6 +903,30 @@ fn run_action(ctx: &Context, action: &Action) -> anyhow::Result<()> {
                 crate::db::migrate(&mut client).await
             })?;
             host.log(format!("migrations applied: {applied:?}"));
+            Ok(())
+        }
+        Action::CreateFirstAdmin => {
+            let url = ctx.database_url();
+            let created = runtime()?.block_on(async {
+                let client = crate::db::connect(&url).await?;
+                anyhow::Ok(
+                    crate::users::ensure_first_admin(&client, "flowstage-setup install").await?,
+                )
+            })?;
+            if let Some(password) = created {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let path = host.path(INITIAL_ADMIN_PASSWORD);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                writeln!(f, "{password}")?;
+                host.log("created the first web admin");
+            }
             Ok(())
         }
         Action::DaemonReload => {

@@ -101,6 +101,19 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
     );
     assert!(running("flowstage-collector") && running("flowstage-web"));
     assert_healthy(&status_json(), &ALLOWED_WARNINGS);
+    // The first admin exists, with its password only in a root-only file.
+    let password_file = Path::new("/etc/flowstage/initial_admin_password");
+    let mode = std::fs::metadata(password_file).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let list = setup(&["users", "list"]);
+    assert!(
+        text(&list).contains("admin") && text(&list).contains("never logged in"),
+        "{}",
+        text(&list)
+    );
 
     // Traffic into the installed collector comes out of report exactly (on top of
     // whatever an earlier install on this machine left in its database).

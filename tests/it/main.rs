@@ -12,4 +12,5 @@ mod install;
 mod peers;
 mod resilience;
 mod setup;
+mod users;
 mod writer;

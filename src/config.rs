@@ -156,7 +156,8 @@ pub struct RawSite {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTime {
-    /// `ntpsec` or `chrony`. Default `ntpsec`, as the howto's ntp.
+    /// `ntpsec`, `chrony`, or `none` (time is kept by something else). Default `ntpsec`,
+    /// as the howto's ntp.
     pub daemon: Option<String>,
     /// Time servers or pools. Default the four `N.debian.pool.ntp.org` pools.
     pub servers: Option<Vec<String>>,
@@ -292,6 +293,8 @@ pub struct SiteConfig {
 pub enum TimeDaemon {
     Ntpsec,
     Chrony,
+    /// Flowstage leaves time keeping alone (a hypervisor or another tool keeps it).
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -689,7 +692,14 @@ fn validate_time(raw: RawTime) -> Result<TimeConfig, ConfigError> {
     let daemon = match raw.daemon.as_deref().unwrap_or("ntpsec") {
         "ntpsec" | "ntp" => TimeDaemon::Ntpsec,
         "chrony" => TimeDaemon::Chrony,
-        other => return Err(invalid("time.daemon", other, "expected ntpsec or chrony")),
+        "none" => TimeDaemon::None,
+        other => {
+            return Err(invalid(
+                "time.daemon",
+                other,
+                "expected ntpsec, chrony or none",
+            ))
+        }
     };
     let servers = raw
         .servers

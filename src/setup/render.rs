@@ -245,13 +245,14 @@ impl Renderer {
     }
 
     pub fn time_files(&self, daemon: TimeDaemon) -> anyhow::Result<Vec<DesiredFile>> {
-        Ok(vec![match daemon {
+        let file = match daemon {
             TimeDaemon::Ntpsec => DesiredFile::whole(NTPSEC_CONF, self.render("ntp.conf")?, 0o644),
             TimeDaemon::Chrony => {
                 DesiredFile::whole(CHRONY_CONF, self.render("chrony.conf")?, 0o644)
             }
-        }
-        .affecting(Affects::TimeDaemon)])
+            TimeDaemon::None => return Ok(Vec::new()),
+        };
+        Ok(vec![file.affecting(Affects::TimeDaemon)])
     }
 
     pub fn mail_files(&self) -> anyhow::Result<Vec<DesiredFile>> {

@@ -141,17 +141,18 @@ fn service_checks(ctx: &Context<'_>) -> Vec<Check> {
             Check::fail(name, "not running")
         });
     }
-    let time = steps::time_service(ctx.config.time.daemon);
-    checks.push(if !steps::can_set_clock() {
-        Check::warn(
-            format!("service {time}"),
-            "not started: this machine cannot set its clock (container); the host keeps time",
-        )
-    } else if steps::service_running(ctx, time) {
-        Check::ok(format!("service {time}"), "running")
-    } else {
-        Check::fail(format!("service {time}"), "not running")
-    });
+    if let Some(time) = steps::time_service(ctx.config.time.daemon) {
+        checks.push(if !steps::can_set_clock() {
+            Check::warn(
+                format!("service {time}"),
+                "not started: this machine cannot set its clock (container); the host keeps time",
+            )
+        } else if steps::service_running(ctx, time) {
+            Check::ok(format!("service {time}"), "running")
+        } else {
+            Check::fail(format!("service {time}"), "not running")
+        });
+    }
     checks
 }
 
@@ -491,16 +492,23 @@ pub fn run(ctx: &Context<'_>) -> anyhow::Result<Vec<Check>> {
     checks.extend(rt.block_on(database_checks(ctx)));
     checks.extend(disk_checks(ctx));
     let (synced, why) = super::preflight::time_sync(ctx.host);
-    checks.push(if !steps::can_set_clock() {
-        Check::warn(
-            "time sync",
-            "this machine cannot set its clock (container): the host's clock is used",
-        )
-    } else if synced {
-        Check::ok("time sync", why)
-    } else {
-        Check::warn("time sync", why)
-    });
+    checks.push(
+        if ctx.config.time.daemon == crate::config::TimeDaemon::None && !synced {
+            Check::warn(
+                "time sync",
+                format!("time.daemon = none and {why}: make sure something keeps this clock right"),
+            )
+        } else if !steps::can_set_clock() {
+            Check::warn(
+                "time sync",
+                "this machine cannot set its clock (container): the host's clock is used",
+            )
+        } else if synced {
+            Check::ok("time sync", why)
+        } else {
+            Check::warn("time sync", why)
+        },
+    );
     checks.push(postfix_check());
     checks.push(rt.block_on(web_check(ctx)));
     Ok(checks)

@@ -295,14 +295,9 @@ pub fn required_packages(ctx: &Context) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    p.insert(
-        2,
-        match ctx.config.time.daemon {
-            TimeDaemon::Ntpsec => "ntpsec",
-            TimeDaemon::Chrony => "chrony",
-        }
-        .to_string(),
-    );
+    if let Some(service) = time_service(ctx.config.time.daemon) {
+        p.insert(2, service.to_string());
+    }
     p.push(format!("postgresql-{}", ctx.pg_version));
     p
 }
@@ -477,17 +472,23 @@ pub fn can_set_clock() -> bool {
         .is_some_and(|caps| caps & (1 << 25) != 0)
 }
 
-pub fn time_service(daemon: TimeDaemon) -> &'static str {
+/// The package and service of the configured time daemon (None: not managed).
+pub fn time_service(daemon: TimeDaemon) -> Option<&'static str> {
     match daemon {
-        TimeDaemon::Ntpsec => "ntpsec",
-        TimeDaemon::Chrony => "chrony",
+        TimeDaemon::Ntpsec => Some("ntpsec"),
+        TimeDaemon::Chrony => Some("chrony"),
+        TimeDaemon::None => None,
     }
 }
 
 fn plan_time(ctx: &Context) -> anyhow::Result<StepPlan> {
     let mut p = StepPlan::new("time");
     p.files = files::compare_all(ctx.host, ctx.renderer.time_files(ctx.config.time.daemon)?)?;
-    let service = time_service(ctx.config.time.daemon);
+    let Some(service) = time_service(ctx.config.time.daemon) else {
+        p.notes
+            .push("time.daemon = none: time keeping is left to the host".into());
+        return Ok(p);
+    };
     if !ctx.host.is_live() {
         p.actions.push(Action::RestartService(service.to_string()));
         return Ok(p);

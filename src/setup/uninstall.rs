@@ -45,9 +45,8 @@ fn restore_whole(host: &Host, path: &str) -> anyhow::Result<Option<String>> {
             remove(host, path)?;
             Ok(Some(format!("removed {path}")))
         }
-        None => Ok(Some(format!(
-            "left {path} as it is (no backup of an original)"
-        ))),
+        // Not Flowstage's doing (or its backups are gone): leave it alone.
+        None => Ok(None),
     }
 }
 
@@ -120,10 +119,13 @@ pub fn run(host: &Host, config: &Config, purge: bool) -> anyhow::Result<()> {
     // Shared system files: originals back, blocks out.
     let os = OsRelease::read(host);
     let pg_hba = render::pg_hba_path(render::postgresql_version(config, &os));
-    let mut time_changed = false;
-    for path in [render::NTPSEC_CONF, render::CHRONY_CONF] {
+    let mut time_restored = Vec::new();
+    for (path, service) in [
+        (render::NTPSEC_CONF, "ntpsec"),
+        (render::CHRONY_CONF, "chrony"),
+    ] {
         if let Some(msg) = restore_whole(host, path)? {
-            time_changed = true;
+            time_restored.push(service);
             say(msg);
         }
     }
@@ -144,8 +146,18 @@ pub fn run(host: &Host, config: &Config, purge: bool) -> anyhow::Result<()> {
         if aliases_changed.is_some() {
             let _ = host.run(&mut Command::new("newaliases"));
         }
-        if time_changed {
-            restart(super::steps::time_service(config.time.daemon), "restart");
+        // A running time daemon goes on with the restored configuration.
+        for service in time_restored {
+            if Command::new(format!("/etc/init.d/{service}"))
+                .arg("status")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+                || systemd
+            {
+                restart(service, if systemd { "try-restart" } else { "restart" });
+            }
         }
         if hba_changed.is_some() || purge {
             let version = render::postgresql_version(config, &os).to_string();

@@ -82,26 +82,6 @@ pub fn pg_hba_check(ctx: &Context<'_>) -> Check {
     }
 }
 
-fn uptime_of(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let after = stat.rsplit_once(") ")?.1;
-    let start_ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
-    let boot_secs: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    Some(Duration::from_secs_f64(
-        (boot_secs - start_ticks as f64 / ticks).max(0.0),
-    ))
-}
-
 fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
@@ -121,7 +101,7 @@ fn service_checks(ctx: &Context<'_>) -> Vec<Check> {
                 name,
                 format!(
                     "running, pid {pid}, up {}",
-                    uptime_of(pid)
+                    steps::process_age(pid)
                         .map(human_duration)
                         .unwrap_or_else(|| "?".into())
                 ),

@@ -788,20 +788,71 @@ fn plan_services(ctx: &Context, changed: &HashSet<Affects>) -> anyhow::Result<St
         ("flowstage-collector", Affects::Collector),
         ("flowstage-web", Affects::Web),
     ] {
-        let running = flowstage_pid(ctx.systemd, ctx.host, service).is_some();
-        if !running {
-            p.actions.push(Action::StartFlowstage {
+        match flowstage_pid(ctx.systemd, ctx.host, service) {
+            None => p.actions.push(Action::StartFlowstage {
                 service: service.to_string(),
                 restart: false,
-            });
-        } else if affected.contains(&affects) {
-            p.actions.push(Action::StartFlowstage {
+            }),
+            Some(_) if affected.contains(&affects) => p.actions.push(Action::StartFlowstage {
                 service: service.to_string(),
                 restart: true,
-            });
+            }),
+            Some(pid) => {
+                if let Some(input) = input_newer_than(ctx.host, service, pid) {
+                    p.notes
+                        .push(format!("{input} changed since {service} started"));
+                    p.actions.push(Action::StartFlowstage {
+                        service: service.to_string(),
+                        restart: true,
+                    });
+                }
+            }
         }
     }
     Ok(p)
+}
+
+/// How long a process has been running, from /proc.
+pub fn process_age(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let after = stat.rsplit_once(") ")?.1;
+    let start_ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let boot_secs: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(std::time::Duration::from_secs_f64(
+        (boot_secs - start_ticks as f64 / ticks).max(0.0),
+    ))
+}
+
+/// The files a daemon reads at start; when one is newer than the running process (an
+/// operator edited the configuration, say), the daemon is restarted.
+fn daemon_inputs(service: &str) -> Vec<String> {
+    vec![
+        CONFIG_PATH.to_string(),
+        render::SECRETS_PATH.to_string(),
+        format!("{}/{service}", render::BIN_DIR),
+        format!("/etc/init.d/{service}"),
+        format!("/etc/systemd/system/{service}.service"),
+    ]
+}
+
+/// The newest of a running daemon's inputs, if it is newer than the process.
+fn input_newer_than(host: &Host, service: &str, pid: u32) -> Option<String> {
+    let started = std::time::SystemTime::now().checked_sub(process_age(pid)?)?;
+    daemon_inputs(service).into_iter().find(|path| {
+        std::fs::metadata(host.path(path))
+            .and_then(|m| m.modified())
+            .is_ok_and(|mtime| mtime > started)
+    })
 }
 
 /// `systemctl VERB name`, or `/etc/init.d/name VERB` where systemd is not PID 1.

@@ -179,6 +179,31 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
     assert!(second.status.success(), "{}", text(&second));
     assert!(text(&second).contains("no changes"), "{}", text(&second));
 
+    // An operator's edit of the configuration restarts the daemons that read it, once.
+    let pid = |service: &str| {
+        std::fs::read_to_string(format!("/run/flowstage/{service}.pid")).unwrap_or_default()
+    };
+    let before = pid("flowstage-collector");
+    let config = std::fs::read_to_string("/etc/flowstage/flowstage.toml").unwrap();
+    std::fs::write(
+        "/etc/flowstage/flowstage.toml",
+        config.replace("[collector]\n", "[collector]\ntop_n = 150\n"),
+    )
+    .unwrap();
+    let edited = setup(&["reconfigure"]);
+    assert!(edited.status.success(), "{}", text(&edited));
+    assert!(
+        text(&edited).contains("restart flowstage-collector"),
+        "{}",
+        text(&edited)
+    );
+    assert!(running("flowstage-collector"));
+    if !Path::new("/run/systemd/system").exists() {
+        assert_ne!(before, pid("flowstage-collector"));
+    }
+    let again = setup(&["reconfigure"]);
+    assert!(text(&again).contains("no changes"), "{}", text(&again));
+
     let o = setup(&["uninstall", "--yes"]);
     assert!(o.status.success(), "uninstall: {}", text(&o));
     assert!(!running("flowstage-collector") && !running("flowstage-web"));

@@ -337,7 +337,20 @@ pub struct WebConfig {
     pub tls: TlsMode,
 }
 
+/// Where the installer keeps the certificate it generates for `web.tls = "self-signed"`.
+pub const SELF_SIGNED_CERT: &str = "/etc/flowstage/tls/self-signed.crt";
+pub const SELF_SIGNED_KEY: &str = "/etc/flowstage/tls/self-signed.key";
+
 impl WebConfig {
+    /// The certificate chain and key to serve, if TLS is on.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        match &self.tls {
+            TlsMode::Off => None,
+            TlsMode::SelfSigned => Some((SELF_SIGNED_CERT.into(), SELF_SIGNED_KEY.into())),
+            TlsMode::Files { cert, key } => Some((cert.clone(), key.clone())),
+        }
+    }
+
     /// The URL a browser on this host uses to reach the web daemon.
     pub fn local_url(&self) -> String {
         let scheme = if self.tls == TlsMode::Off {

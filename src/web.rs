@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use clap::Parser;
 
-use crate::config::{Config, TlsMode, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,12 +51,11 @@ pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
             .with_context(|| format!("--listen {l:?}: expected ADDRESS:PORT"))?,
         None => config.web.listen,
     };
-    if config.web.tls != TlsMode::Off {
-        anyhow::bail!(
-            "web.tls = {:?} is not served yet by this version; set web.tls = \"off\"",
-            config.web.tls
-        );
-    }
+    let tls = config
+        .web
+        .tls_files()
+        .map(|(cert, key)| rustls_config(&cert, &key))
+        .transpose()?;
     let state = Arc::new(AppState {
         site: config.site.name.clone(),
         database_url: config.database_url.clone(),
@@ -70,23 +69,73 @@ pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if let Some(tls) = tls {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            tracing::info!(%listen, "serving HTTPS");
+            return axum_server::bind_rustls(listen, tls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .with_context(|| format!("serving HTTPS on {listen}"));
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
         tracing::info!(%listen, "serving HTTP");
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
-            })
+            .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serving HTTP")
     })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// A rustls server configuration (ring provider, TLS 1.2 and 1.3, HTTP/1.1) from PEM
+/// files.
+fn rustls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificate {}", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "{}: no certificate in it",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading private key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("certificate and key do not match")?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(
+        Arc::new(server),
+    ))
 }
 
 const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [

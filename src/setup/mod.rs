@@ -11,6 +11,7 @@ pub mod render;
 pub mod secrets;
 pub mod status;
 pub mod steps;
+pub mod tls;
 pub mod uninstall;
 pub mod wizard;
 

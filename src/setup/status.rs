@@ -385,7 +385,7 @@ fn postfix_check() -> Check {
     }
 }
 
-fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

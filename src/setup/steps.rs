@@ -100,6 +100,9 @@ impl<'a> Context<'a> {
     /// Every file Flowstage manages on this host, in step order (status uses this).
     pub fn all_files(&self) -> anyhow::Result<Vec<files::DesiredFile>> {
         let mut all = vec![self.renderer.secrets_file(&self.secrets)?];
+        if self.config.web.tls == crate::config::TlsMode::SelfSigned {
+            all.extend(super::tls::self_signed_files(self.host)?);
+        }
         all.extend(self.renderer.time_files(self.config.time.daemon)?);
         all.extend(self.renderer.mail_files()?);
         all.extend(self.renderer.postgres_files(self.pg_version)?);
@@ -456,6 +459,9 @@ fn plan_config(ctx: &Context) -> anyhow::Result<StepPlan> {
         );
     }
     desired.push(ctx.renderer.secrets_file(&ctx.secrets)?);
+    if ctx.config.web.tls == crate::config::TlsMode::SelfSigned {
+        desired.extend(super::tls::self_signed_files(ctx.host)?);
+    }
     p.files = files::compare_all(ctx.host, desired)?;
     Ok(p)
 }

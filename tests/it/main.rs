@@ -13,4 +13,5 @@ mod peers;
 mod resilience;
 mod setup;
 mod users;
+mod web;
 mod writer;

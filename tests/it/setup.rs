@@ -600,6 +600,42 @@ fn uninstall_restores_originals_and_removes_what_it_added() {
 }
 
 #[test]
+fn a_self_signed_certificate_is_generated_once_and_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let answers = r.join("answers.toml");
+    std::fs::write(
+        &answers,
+        "[web]\ntls = \"self-signed\"\nlisten = \"0.0.0.0:8443\"\n",
+    )
+    .unwrap();
+    let o = setup(
+        r,
+        &["install", "--answers", answers.to_str().unwrap(), "--yes"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("https://127.0.0.1:8443/"), "{}", text(&o));
+    let cert = r.join("etc/flowstage/tls/self-signed.crt");
+    let key = r.join("etc/flowstage/tls/self-signed.key");
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!((mode(&cert), mode(&key)), (0o644, 0o640));
+    let o = setup(r, &["reconfigure"]);
+    assert!(text(&o).contains("no changes"), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), pem);
+    // The key never shows up in a diff.
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let dry = setup(r, &["reconfigure", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("secret file, contents not shown"));
+}
+
+#[test]
 fn uninstall_without_a_terminal_or_yes_refuses() {
     let root = tempfile::tempdir().unwrap();
     install_example(root.path());

@@ -24,6 +24,10 @@ pub struct Pg {
     guardian: Mutex<Option<(Child, ChildStdin)>>,
 }
 
+pub fn free_tcp_port() -> u16 {
+    free_port()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

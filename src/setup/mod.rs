@@ -190,11 +190,10 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             Ok(report.exit_code())
         }
         SetupCommand::Install(args) => {
-            let Some((mut config, text)) = install_config(&host, &config_path, &args)? else {
+            let Some((config, text)) = install_config(&host, &config_path, &args)? else {
                 eprintln!("Nothing installed.");
                 return Ok(1);
             };
-            override_database(&mut config, &cli.database);
             if !args.dry_run {
                 host.open_log("install")?;
             }
@@ -209,7 +208,8 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             if pre.worst() == Level::Fail && host.is_live() {
                 anyhow::bail!("preflight failed; nothing was changed (see above)");
             }
-            let ctx = Context::new(&host, &config, Some(text))?;
+            let mut ctx = Context::new(&host, &config, Some(text))?;
+            ctx.database_override = cli.database.clone();
             let outcome = run_steps(&ctx, args.dry_run)?;
             if !args.dry_run {
                 eprintln!();
@@ -240,19 +240,19 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             Ok(outcome)
         }
         SetupCommand::Reconfigure(args) => {
-            let mut config = load_config(&config_path)?;
-            override_database(&mut config, &cli.database);
+            let config = load_config(&config_path)?;
             if !args.dry_run {
                 host.open_log("reconfigure")?;
             }
-            let ctx = Context::new(&host, &config, None)?;
+            let mut ctx = Context::new(&host, &config, None)?;
+            ctx.database_override = cli.database.clone();
             run_steps(&ctx, args.dry_run)
         }
         SetupCommand::Status(args) => {
             let checks = match load_config(&config_path) {
-                Ok(mut config) => {
-                    override_database(&mut config, &cli.database);
-                    let ctx = Context::new(&host, &config, None)?;
+                Ok(config) => {
+                    let mut ctx = Context::new(&host, &config, None)?;
+                    ctx.database_override = cli.database.clone();
                     status::run(&ctx)?
                 }
                 Err(e) => vec![checks::Check::fail("config", format!("{e:#}"))],
@@ -402,14 +402,6 @@ fn users_command(database_url: &str, cmd: UsersCommand) -> anyhow::Result<()> {
     })
 }
 
-/// `--database URL`: used instead of the configured URL for the installer's own
-/// connections (migrations, checks).
-fn override_database(config: &mut Config, url: &Option<String>) {
-    if let Some(url) = url {
-        config.database.url = url.clone();
-    }
-}
-
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
@@ -471,7 +463,8 @@ fn install_config(
         }
     } else if interactive {
         let defaults = load_config_or_default(config_path)?;
-        wizard::run(&defaults)?
+        let existing = std::fs::read_to_string(config_path).ok();
+        wizard::run(&defaults, existing.as_deref())?
     } else {
         anyhow::bail!(
             "no terminal to ask questions on: run `flowstage-setup install --answers FILE --yes` \

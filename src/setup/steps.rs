@@ -58,6 +58,9 @@ pub struct Context<'a> {
     pub pg_version: u32,
     pub secrets: Secrets,
     pub systemd: bool,
+    /// `--database URL`: where the installer's own connections go. It never changes
+    /// what is rendered (pg_hba block, role names).
+    pub database_override: Option<String>,
 }
 
 impl<'a> Context<'a> {
@@ -78,12 +81,16 @@ impl<'a> Context<'a> {
             pg_version,
             secrets,
             systemd: host.is_live() && systemd_is_pid1(),
+            database_override: None,
         })
     }
 
     /// The database URL with the appliance's password (for the installer's own checks).
     pub fn database_url(&self) -> String {
-        let url = &self.config.database.url;
+        let url = self
+            .database_override
+            .as_ref()
+            .unwrap_or(&self.config.database.url);
         // A URL given with its own password (`--database`) is used as it is.
         let has_password = url.contains("password=")
             || url
@@ -261,12 +268,24 @@ pub fn plan(ctx: &Context, name: &str, changed: &HashSet<Affects>) -> anyhow::Re
 /// Apply one planned step: files first (atomically, rolled back together on failure),
 /// then actions in order. Returns the affected things of the files changed.
 pub fn apply(ctx: &Context, plan: &StepPlan, backup: &mut Backup) -> anyhow::Result<()> {
-    files::apply(ctx.host, &plan.files, backup)
+    let live = ctx.host.is_live();
+    let mut files = std::borrow::Cow::Borrowed(&plan.files);
+    if live && plan.actions.contains(&Action::CreateCluster) {
+        // pg_createcluster refuses to run over an existing pg_hba.conf, and writes the
+        // distribution's own: create first, then put the block into that file.
+        ctx.host.log(format!("action: {}", Action::CreateCluster));
+        run_action(ctx, &Action::CreateCluster)
+            .with_context(|| format!("step {}: {}", plan.name, Action::CreateCluster))?;
+        let desired = plan.files.iter().map(|f| f.desired.clone()).collect();
+        files = std::borrow::Cow::Owned(files::compare_all(ctx.host, desired)?);
+    }
+    files::apply(ctx.host, &files, backup)
         .with_context(|| format!("step {}: writing files", plan.name))?;
     for action in plan
         .actions
         .iter()
-        .filter(|a| ctx.host.is_live() || a.is_file_tree())
+        .filter(|a| **a != Action::CreateCluster)
+        .filter(|a| live || a.is_file_tree())
     {
         ctx.host.log(format!("action: {action}"));
         run_action(ctx, action).with_context(|| format!("step {}: {action}", plan.name))?;
@@ -506,12 +525,35 @@ fn plan_time(ctx: &Context) -> anyhow::Result<StepPlan> {
         return Ok(p);
     }
     let changed = p.changed_files().next().is_some();
-    if changed && service_running(ctx, service) {
-        p.actions.push(Action::RestartService(service.to_string()));
-    } else if !service_running(ctx, service) {
+    let conf = match ctx.config.time.daemon {
+        TimeDaemon::Chrony => (render::CHRONY_CONF, "/run/chrony/chronyd.pid"),
+        _ => (render::NTPSEC_CONF, "/run/ntpd.pid"),
+    };
+    if !service_running(ctx, service) {
         p.actions.push(Action::StartService(service.to_string()));
+    } else if changed || file_newer_than_process(ctx.host, conf.0, conf.1) {
+        // Also when an earlier run wrote the file but died before the restart.
+        p.actions.push(Action::RestartService(service.to_string()));
     }
     Ok(p)
+}
+
+/// Is `file` newer than the process in `pidfile`? (An input changed after it started.)
+fn file_newer_than_process(host: &Host, file: &str, pidfile: &str) -> bool {
+    let pid = std::fs::read_to_string(host.path(pidfile))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    let started = pid
+        .and_then(process_age)
+        .and_then(|age| std::time::SystemTime::now().checked_sub(age));
+    let modified = std::fs::metadata(host.path(file)).and_then(|m| m.modified());
+    matches!((started, modified), (Some(s), Ok(m)) if m > s)
+}
+
+fn mtime(host: &Host, path: &str) -> Option<std::time::SystemTime> {
+    std::fs::metadata(host.path(path))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 fn plan_mail(ctx: &Context) -> anyhow::Result<StepPlan> {
@@ -523,8 +565,15 @@ fn plan_mail(ctx: &Context) -> anyhow::Result<StepPlan> {
     let main_changed = p
         .changed_files()
         .any(|f| f.desired.affects.contains(&Affects::Postfix));
-    let aliases_db_missing = !ctx.host.path("/etc/aliases.db").exists();
-    if aliases_changed || aliases_db_missing {
+    // aliases.db older than aliases (or missing): an earlier newaliases did not happen.
+    let aliases_db_stale = match (
+        mtime(ctx.host, "/etc/aliases.db"),
+        mtime(ctx.host, render::ALIASES),
+    ) {
+        (Some(db), Some(text)) => db < text,
+        _ => true,
+    };
+    if aliases_changed || aliases_db_stale {
         p.actions.push(Action::Newaliases);
     }
     if !ctx.host.is_live() {
@@ -533,7 +582,9 @@ fn plan_mail(ctx: &Context) -> anyhow::Result<StepPlan> {
     }
     if !service_running(ctx, "postfix") {
         p.actions.push(Action::StartService("postfix".into()));
-    } else if main_changed {
+    } else if main_changed
+        || file_newer_than_process(ctx.host, render::POSTFIX_MAIN_CF, POSTFIX_MASTER_PID)
+    {
         // inet_interfaces changes need a restart, not a reload.
         p.actions.push(Action::RestartService("postfix".into()));
     }
@@ -549,6 +600,18 @@ fn cluster_online(ctx: &Context) -> Option<bool> {
             f.first() == Some(&ctx.pg_version.to_string().as_str()) && f.get(1) == Some(&"main")
         })
         .map(|f| f.get(3).is_some_and(|s| s.starts_with("online")))
+}
+
+/// Was pg_hba.conf changed after PostgreSQL last read its configuration (an earlier
+/// run wrote it but died before the reload)?
+fn hba_newer_than_load(ctx: &Context) -> bool {
+    let loaded: Option<f64> = psql(ctx, "SELECT extract(epoch FROM pg_conf_load_time())")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let modified = mtime(ctx.host, &render::pg_hba_path(ctx.pg_version))
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
+    matches!((loaded, modified), (Some(l), Some(m)) if m > l)
 }
 
 /// Run SQL as the postgres superuser over the local socket; returns stdout.
@@ -600,6 +663,9 @@ fn sql_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// postfix's master process.
+pub const POSTFIX_MASTER_PID: &str = "/var/spool/postfix/pid/master.pid";
+
 /// Where install leaves the first admin's generated password (root only).
 pub const INITIAL_ADMIN_PASSWORD: &str = "/etc/flowstage/initial_admin_password";
 
@@ -647,7 +713,9 @@ fn plan_postgresql(ctx: &Context) -> anyhow::Result<StepPlan> {
             p.actions.push(Action::StartCluster);
         }
         Some(false) => p.actions.push(Action::StartCluster),
-        Some(true) if hba_changed => p.actions.push(Action::ReloadCluster),
+        Some(true) if hba_changed || hba_newer_than_load(ctx) => {
+            p.actions.push(Action::ReloadCluster)
+        }
         Some(true) => {}
     }
     let (db, role) = render::database_names(ctx.config);
@@ -760,8 +828,19 @@ fn plan_services(ctx: &Context, changed: &HashSet<Affects>) -> anyhow::Result<St
         }
         return Ok(p);
     }
+    let rmem_max: Option<usize> = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    let below = rmem_max.is_some_and(|v| v < ctx.config.collector.receive_buffer_bytes);
     if affected.contains(&Affects::Sysctl) {
         p.actions.push(Action::ApplySysctl);
+    } else if below {
+        p.warnings.push(format!(
+            "net.core.rmem_max is {}, below collector.receive_buffer_bytes ({}); this machine does not let {} change it (a container?)",
+            rmem_max.unwrap_or(0),
+            ctx.config.collector.receive_buffer_bytes,
+            render::SYSCTL_CONF
+        ));
     }
     if ctx.systemd {
         if affected.contains(&Affects::Units) {
@@ -1043,14 +1122,17 @@ fn ensure_role(ctx: &Context) -> anyhow::Result<()> {
             sql_literal(&role)
         ),
     )? == "1";
-    // The password travels on psql's stdin: never in argv, never in the log.
+    // PostgreSQL gets a SCRAM verifier computed here, never the password itself (which
+    // could otherwise end up in a server log); it travels on psql's stdin, not in argv.
+    let verifier =
+        postgres_protocol::password::scram_sha_256(ctx.secrets.database_password.as_bytes());
     let verb = if exists { "ALTER" } else { "CREATE" };
     psql(
         ctx,
         &format!(
-            "SET password_encryption = 'scram-sha-256';\n{verb} ROLE {} LOGIN PASSWORD {};\n",
+            "{verb} ROLE {} LOGIN PASSWORD {};\n",
             sql_ident(&role),
-            sql_literal(&ctx.secrets.database_password)
+            sql_literal(&verifier)
         ),
     )?;
     Ok(())

@@ -376,23 +376,36 @@ fn install_without_a_terminal_or_yes_refuses_instead_of_hanging() {
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
 }
 
-#[test]
-fn wizard_asks_every_question_on_a_terminal() {
-    let root = tempfile::tempdir().unwrap();
+fn spawn_wizard(root: &Path) -> rexpect::session::PtySession {
     let cmd = format!(
         "env FLOWSTAGE_SETUP_BINARIES_FROM={} TERM=dumb {} --root {} install",
         stand_in_binaries().display(),
         setup_bin(),
-        root.path().display()
+        root.display()
     );
-    let mut p = rexpect::spawn(&cmd, Some(30_000)).unwrap();
-    p.exp_string("Site name").unwrap();
-    p.send_line("noc-lab").unwrap();
+    rexpect::spawn(&cmd, Some(30_000)).unwrap()
+}
+
+const DOWN: &str = "\x1b[B";
+
+#[test]
+fn wizard_asks_only_the_admin_address_then_offers_to_customise() {
+    let root = tempfile::tempdir().unwrap();
+    let mut p = spawn_wizard(root.path());
+    p.exp_string("This machine:").unwrap();
     p.exp_string("Admin e-mail").unwrap();
-    // No safe default: an empty or bad answer is asked again.
+    // No safe default: an empty or local answer is asked again.
     p.send_line("nobody").unwrap();
     p.exp_string("an address like").unwrap();
     p.send_line("noc@example.org").unwrap();
+    p.exp_string("disk estimate").unwrap();
+    p.exp_string("Proceed?").unwrap();
+    p.send(DOWN).unwrap();
+    p.send_line("").unwrap();
+    p.exp_string("Site name").unwrap();
+    p.send_line("noc-lab").unwrap();
+    p.exp_string("Admin e-mail").unwrap();
+    p.send_line("").unwrap();
     p.exp_string("Time servers").unwrap();
     p.send_line("ntp1.example.org, ntp2.example.org").unwrap();
     p.exp_string("Mail relay").unwrap();
@@ -403,9 +416,8 @@ fn wizard_asks_every_question_on_a_terminal() {
     p.send_line("127.0.0.1:8088").unwrap();
     p.exp_string("Expected flows").unwrap();
     p.send_line("20000").unwrap();
-    p.exp_string("Disk estimate").unwrap();
-    p.exp_string("Install with these settings?").unwrap();
-    p.send_line("y").unwrap();
+    p.exp_string("Proceed?").unwrap();
+    p.send_line("").unwrap();
     p.exp_string("Flowstage is installed on noc-lab").unwrap();
     p.exp_eof().unwrap();
     let config = std::fs::read_to_string(root.path().join("etc/flowstage/flowstage.toml")).unwrap();
@@ -425,6 +437,31 @@ fn wizard_asks_every_question_on_a_terminal() {
     // What the wizard wrote is a valid configuration for everything else.
     let o = setup(root.path(), &["reconfigure"]);
     assert!(text(&o).contains("no changes"), "{}", text(&o));
+}
+
+#[test]
+fn wizard_rerun_keeps_the_operators_own_settings() {
+    let root = tempfile::tempdir().unwrap();
+    let config_path = root.path().join("etc/flowstage/flowstage.toml");
+    std::fs::create_dir_all(config_path.parent().unwrap()).unwrap();
+    let mine = "# our appliance\n[site]\nadmin_email = \"noc@example.org\"\n\n[collector]\ntop_n = 50 # enough\n\n[[exporter]]\naddress = \"192.0.2.1\"\nname = \"rtr-lib-sl\"\n";
+    std::fs::write(&config_path, mine).unwrap();
+    let mut p = spawn_wizard(root.path());
+    p.exp_string("Admin e-mail").unwrap();
+    p.send_line("").unwrap();
+    p.exp_string("Proceed?").unwrap();
+    p.send_line("").unwrap();
+    p.exp_string("Flowstage is installed").unwrap();
+    p.exp_eof().unwrap();
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    for kept in [
+        "# our appliance",
+        "top_n = 50 # enough",
+        "name = \"rtr-lib-sl\"",
+        "admin_email = \"noc@example.org\"",
+    ] {
+        assert!(config.contains(kept), "{kept} lost:\n{config}");
+    }
 }
 
 #[test]

@@ -200,10 +200,10 @@ pub struct RawRetention {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWeb {
-    /// HTTP(S) listener of `flowstage-web`. Default `0.0.0.0:8080`.
+    /// HTTP(S) listener of `flowstage-web`. Default `0.0.0.0:8443`.
     pub listen: Option<String>,
     /// `off`, `self-signed` (generated at install) or `files` (`tls_cert`/`tls_key`).
-    /// Default `off`.
+    /// Default `self-signed`: the login page is never served in plain text by default.
     pub tls: Option<String>,
     /// PEM certificate chain, for `tls = "files"`.
     pub tls_cert: Option<PathBuf>,
@@ -503,7 +503,15 @@ impl RawConfig {
             .metrics
             .map(|m| {
                 m.parse::<SocketAddr>()
-                    .map_err(|_| invalid("collector.metrics", &m, "expected ADDRESS:PORT"))
+                    .ok()
+                    .filter(|a| a.port() != 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            "collector.metrics",
+                            &m,
+                            "expected ADDRESS:PORT with a port from 1 to 65535",
+                        )
+                    })
             })
             .transpose()?;
         let top_n = c.top_n.unwrap_or(200);
@@ -584,6 +592,44 @@ impl RawConfig {
             .database
             .url
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+        let data_dir = c
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/flowstage"));
+        if !data_dir.is_absolute()
+            || data_dir.to_string_lossy().contains(char::is_whitespace)
+            || data_dir == Path::new("/")
+        {
+            return Err(invalid(
+                "collector.data_dir",
+                data_dir.display(),
+                "must be an absolute path without spaces, and not /",
+            ));
+        }
+        let receive_buffer_bytes = c.receive_buffer_bytes.unwrap_or(32 << 20);
+        if !(65_536..=i32::MAX as usize).contains(&receive_buffer_bytes) {
+            return Err(invalid(
+                "collector.receive_buffer_bytes",
+                receive_buffer_bytes,
+                "must be between 65536 and 2147483647",
+            ));
+        }
+        match configured_url.parse::<tokio_postgres::Config>() {
+            Err(e) => {
+                return Err(invalid(
+                    "database.url",
+                    redact_url(&configured_url),
+                    format!("not a PostgreSQL URL: {e}"),
+                ))
+            }
+            Ok(parsed) if parsed.get_password().is_some() => {
+                return Err(invalid(
+                    "database.url",
+                    redact_url(&configured_url),
+                    "keep the password out of the URL: database.password_file (the installer's secrets file) holds it",
+                ))
+            }
+            Ok(_) => {}
+        }
         let expected_flows_per_second = c.expected_flows_per_second.unwrap_or(5000);
         if expected_flows_per_second > 100_000_000 {
             return Err(invalid(
@@ -606,13 +652,11 @@ impl RawConfig {
             database_url: configured_url.clone(),
             collector: CollectorConfig {
                 listen,
-                data_dir: c
-                    .data_dir
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/flowstage")),
+                data_dir,
                 metrics,
                 top_n,
                 workers,
-                receive_buffer_bytes: c.receive_buffer_bytes.unwrap_or(32 << 20),
+                receive_buffer_bytes,
                 flush_grace_secs: c.flush_grace_secs.unwrap_or(60),
                 spool_max_bytes: c.spool_max_bytes.unwrap_or(1 << 30),
                 allowed_exporters,
@@ -801,7 +845,7 @@ fn validate_retention(raw: RawRetention) -> Result<RetentionConfig, ConfigError>
 }
 
 fn validate_web(raw: RawWeb) -> Result<WebConfig, ConfigError> {
-    let listen_text = raw.listen.unwrap_or_else(|| "0.0.0.0:8080".to_string());
+    let listen_text = raw.listen.unwrap_or_else(|| "0.0.0.0:8443".to_string());
     let listen = listen_text
         .parse::<SocketAddr>()
         .ok()
@@ -813,7 +857,7 @@ fn validate_web(raw: RawWeb) -> Result<WebConfig, ConfigError> {
                 "expected ADDRESS:PORT with a port from 1 to 65535, e.g. 0.0.0.0:8080",
             )
         })?;
-    let tls = match raw.tls.as_deref().unwrap_or("off") {
+    let tls = match raw.tls.as_deref().unwrap_or("self-signed") {
         "off" => TlsMode::Off,
         "self-signed" => TlsMode::SelfSigned,
         "files" => match (raw.tls_cert, raw.tls_key) {

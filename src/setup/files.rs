@@ -394,7 +394,9 @@ pub fn original(host: &Host, path: &Path) -> Option<Original> {
     None
 }
 
-fn write_atomically(
+/// Write `bytes` to `target` through a temporary file in the same directory, with mode
+/// and owner set before the rename.
+pub fn write_atomically(
     host: &Host,
     target: &Path,
     bytes: &[u8],

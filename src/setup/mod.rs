@@ -173,10 +173,43 @@ pub struct UninstallArgs {
     pub yes: bool,
 }
 
+/// Only one run changes a host at a time: a second one stops at once instead of
+/// interleaving its writes with the first's.
+fn lock(host: &Host) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = host.path("/run/flowstage-setup.lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "another flowstage-setup is changing this machine ({} is locked); wait for it",
+            path.display()
+        )
+    })
+}
+
 /// Run a `flowstage-setup` command; returns the process exit code.
 pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
     let mut host = Host::new(cli.root.clone());
     let config_path = host.path(&cli.config);
+    let changes_host = host.is_live()
+        && match &cli.command {
+            SetupCommand::Install(a) => !a.dry_run,
+            SetupCommand::Reconfigure(a) => !a.dry_run,
+            SetupCommand::Uninstall(_) => true,
+            _ => false,
+        };
+    let _lock = if changes_host {
+        Some(lock(&host)?)
+    } else {
+        None
+    };
     match cli.command {
         SetupCommand::Check(args) => {
             let config = load_config_or_default(&config_path)?;
@@ -580,13 +613,13 @@ fn run_steps(ctx: &Context, dry_run: bool) -> anyhow::Result<u8> {
 }
 
 fn mail_if_changed(host: &Host, config_path: &Path, report: &CheckReport) -> anyhow::Result<()> {
-    let state = host.path("/var/lib/flowstage/status-last");
+    let config = load_config_or_default(config_path)?;
+    let state = host.path(config.collector.data_dir.join("status-last"));
     let now = format!("{:?}", report.worst());
     let before = std::fs::read_to_string(&state).unwrap_or_default();
     if before.trim() == now {
         return Ok(());
     }
-    let config = load_config_or_default(config_path)?;
     let mail = format!(
         "To: {}\nSubject: [flowstage {}] status: {}\n\n{}",
         config.site.admin_email,

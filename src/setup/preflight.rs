@@ -311,10 +311,13 @@ pub fn run(host: &Host, config: &Config, opts: PreflightOptions) -> Vec<Check> {
     let missing: Vec<&str> = [
         "apt-get",
         "dpkg-query",
+        "debconf-set-selections",
         "useradd",
         "groupadd",
         "runuser",
         "start-stop-daemon",
+        "update-rc.d",
+        "sysctl",
     ]
     .into_iter()
     .filter(|c| !have_command(c))
@@ -322,7 +325,7 @@ pub fn run(host: &Host, config: &Config, opts: PreflightOptions) -> Vec<Check> {
     checks.push(if missing.is_empty() {
         Check::ok(
             "commands",
-            "apt-get, dpkg-query, useradd, groupadd, runuser, start-stop-daemon",
+            "apt-get, dpkg-query, debconf-set-selections, useradd, groupadd, runuser, start-stop-daemon, update-rc.d, sysctl",
         )
     } else {
         Check::fail("commands", format!("missing: {}", missing.join(", ")))

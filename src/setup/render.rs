@@ -25,6 +25,7 @@ pub const POSTFIX_MAIN_CF: &str = "/etc/postfix/main.cf";
 pub const ALIASES: &str = "/etc/aliases";
 pub const SYSCTL_CONF: &str = "/etc/sysctl.d/60-flowstage.conf";
 pub const CRON_FILE: &str = "/etc/cron.d/flowstage";
+pub const LOGROTATE_FILE: &str = "/etc/logrotate.d/flowstage";
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("header.tera", include_str!("../../templates/header.tera")),
@@ -44,6 +45,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/sysctl.conf.tera"),
     ),
     ("cron", include_str!("../../templates/cron.tera")),
+    ("logrotate", include_str!("../../templates/logrotate.tera")),
     (
         "secrets.toml",
         include_str!("../../templates/secrets.toml.tera"),
@@ -110,6 +112,10 @@ struct TemplateValues {
     user: &'static str,
     web_listen: String,
     web_privileged_port: bool,
+    web_tls: &'static str,
+    web_tls_cert: String,
+    web_tls_key: String,
+    collector_privileged_port: bool,
     collector_listen: Vec<String>,
     metrics: String,
     expected_flows_per_second: u64,
@@ -199,6 +205,20 @@ impl Renderer {
             user: USER,
             web_listen: config.web.listen.to_string(),
             web_privileged_port: config.web.listen.port() < 1024,
+            web_tls: match config.web.tls {
+                crate::config::TlsMode::Off => "off",
+                crate::config::TlsMode::SelfSigned => "self-signed",
+                crate::config::TlsMode::Files { .. } => "files",
+            },
+            web_tls_cert: match &config.web.tls {
+                crate::config::TlsMode::Files { cert, .. } => cert.display().to_string(),
+                _ => String::new(),
+            },
+            web_tls_key: match &config.web.tls {
+                crate::config::TlsMode::Files { key, .. } => key.display().to_string(),
+                _ => String::new(),
+            },
+            collector_privileged_port: config.collector.listen.iter().any(|a| a.port() < 1024),
             collector_listen: config
                 .collector
                 .listen
@@ -311,6 +331,11 @@ impl Renderer {
             );
         }
         files.push(DesiredFile::whole(CRON_FILE, self.render("cron")?, 0o644));
+        files.push(DesiredFile::whole(
+            LOGROTATE_FILE,
+            self.render("logrotate")?,
+            0o644,
+        ));
         Ok(files)
     }
 }

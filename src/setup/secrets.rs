@@ -48,9 +48,13 @@ impl Secrets {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         // Parse errors would quote the file; say only where it is.
-        let table: toml::Table = text
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{} is not valid TOML", path.display()))?;
+        let table: toml::Table = text.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is damaged (not valid TOML): restore it from {}, or delete it to generate new secrets",
+                path.display(),
+                super::files::BACKUP_ROOT
+            )
+        })?;
         let get = |k: &str| {
             table
                 .get(k)
@@ -63,7 +67,13 @@ impl Secrets {
                 database_password,
                 session_key,
             }),
-            _ => None,
+            // Replacing it would silently change the database password under the
+            // running daemons.
+            _ => anyhow::bail!(
+                "{} is damaged (a secret is missing or malformed): restore it from {}, or delete it to generate new secrets",
+                path.display(),
+                super::files::BACKUP_ROOT
+            ),
         })
     }
 

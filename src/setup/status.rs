@@ -109,7 +109,25 @@ fn service_checks(ctx: &Context<'_>) -> Vec<Check> {
             None => Check::fail(name, "not running"),
         });
     }
-    let mut others = vec!["postfix"];
+    // Debian's postfix.service is a wrapper that stays "active" without its master
+    // process: ask the process itself.
+    let master = std::fs::read_to_string(steps::POSTFIX_MASTER_PID)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+    checks.push(match master {
+        Some(pid) => Check::ok(
+            "service postfix",
+            format!(
+                "master pid {pid}, up {}",
+                steps::process_age(pid)
+                    .map(human_duration)
+                    .unwrap_or_else(|| "?".into())
+            ),
+        ),
+        None => Check::fail("service postfix", "the master process is not running"),
+    });
+    let mut others = Vec::new();
     if !ctx.systemd {
         others.push("cron");
     }

@@ -34,7 +34,7 @@ pub const STEP_NAMES: [&str; 9] = [
 ];
 
 /// Services the howto disables (printing, NFS, portmap, PPP, inetd/identd).
-pub const UNWANTED_SERVICES: [&str; 9] = [
+pub const UNWANTED_SERVICES: [&str; 12] = [
     "cups",
     "cups-browsed",
     "lpd",
@@ -44,6 +44,9 @@ pub const UNWANTED_SERVICES: [&str; 9] = [
     "pppd-dns",
     "openbsd-inetd",
     "inetutils-inetd",
+    "xinetd",
+    "oidentd",
+    "identd",
 ];
 
 /// Everything a step needs to know.
@@ -958,9 +961,18 @@ fn run_action(ctx: &Context, action: &Action) -> anyhow::Result<()> {
         Action::DisableService(name) => {
             if ctx.systemd {
                 host.run(Command::new("systemctl").args(["disable", "--now", name]))?;
+                // Socket and path activation would bring it back (rpcbind, cups).
+                for trigger in [format!("{name}.socket"), format!("{name}.path")] {
+                    if Path::new(&format!("/lib/systemd/system/{trigger}")).exists() {
+                        host.run(Command::new("systemctl").args(["disable", "--now", &trigger]))?;
+                    }
+                }
             } else {
                 let _ = host.run(Command::new(format!("/etc/init.d/{name}")).arg("stop"));
-                host.run(Command::new("update-rc.d").args([name.as_str(), "disable"]))?;
+                // update-rc.d refuses to disable a service that has no runlevel links.
+                if service_enabled(ctx, name) {
+                    host.run(Command::new("update-rc.d").args([name.as_str(), "disable"]))?;
+                }
             }
             Ok(())
         }
@@ -1051,17 +1063,13 @@ fn run_action(ctx: &Context, action: &Action) -> anyhow::Result<()> {
                 )
             })?;
             if let Some(password) = created {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let path = host.path(INITIAL_ADMIN_PASSWORD);
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                writeln!(f, "{password}")?;
+                files::write_atomically(
+                    host,
+                    &host.path(INITIAL_ADMIN_PASSWORD),
+                    format!("{password}\n").as_bytes(),
+                    0o600,
+                    None,
+                )?;
                 host.log("created the first web admin");
             }
             Ok(())

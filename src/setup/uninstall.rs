@@ -83,6 +83,11 @@ pub fn run(host: &Host, config: &Config, purge: bool) -> anyhow::Result<()> {
                 let _ = host.run(Command::new(format!("/etc/init.d/{service}")).arg("stop"));
                 let _ = host.run(Command::new("update-rc.d").args([service, "remove"]));
             }
+            if let Some(pid) = super::steps::flowstage_pid(systemd, host, service) {
+                anyhow::bail!(
+                    "{service} (pid {pid}) is still running; stop it and run uninstall again"
+                );
+            }
             say(format!("stopped {service}"));
         }
         if systemd {
@@ -106,7 +111,11 @@ pub fn run(host: &Host, config: &Config, purge: bool) -> anyhow::Result<()> {
             say(format!("removed /etc/init.d/{service}"));
         }
     }
-    for path in [render::CRON_FILE, render::SYSCTL_CONF] {
+    for path in [
+        render::CRON_FILE,
+        render::SYSCTL_CONF,
+        render::LOGROTATE_FILE,
+    ] {
         if remove(host, path)? {
             say(format!("removed {path}"));
         }
@@ -193,7 +202,12 @@ pub fn run(host: &Host, config: &Config, purge: bool) -> anyhow::Result<()> {
             }
             say(format!("dropped database {db} and role {role}"));
         }
-        for dir in [config.collector.data_dir.clone(), "/etc/flowstage".into()] {
+        // The backups hold old secrets and keys too.
+        for dir in [
+            config.collector.data_dir.clone(),
+            "/etc/flowstage".into(),
+            files::BACKUP_ROOT.into(),
+        ] {
             let p = host.path(&dir);
             if p.exists() {
                 std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;

@@ -89,11 +89,31 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
     let o = setup(&["install", "--answers", answers.to_str().unwrap(), "--yes"]);
     assert!(o.status.success(), "install: {}", text(&o));
     assert!(
-        text(&o).contains("Web UI:  http://127.0.0.1:8080/"),
+        text(&o).contains("Web UI:  https://127.0.0.1:8443/"),
         "{}",
         text(&o)
     );
     assert!(running("flowstage-collector") && running("flowstage-web"));
+    // Where systemd is not PID 1 the daemons run from the SysV init scripts.
+    let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    if pid1.trim() != "systemd" {
+        for service in ["flowstage-collector", "flowstage-web"] {
+            assert!(
+                Path::new(&format!("/run/flowstage/{service}.pid")).exists(),
+                "{service} was not started by its init script"
+            );
+        }
+    }
+    for package in ["postgresql", "postfix", "snmp", "cron"] {
+        let q = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Status}", package])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&q.stdout).contains("install ok installed"),
+            "{package} is not installed"
+        );
+    }
     assert_healthy(&status_json(), &ALLOWED_WARNINGS);
     // The first admin exists, with its password only in a root-only file.
     let password_file = Path::new("/etc/flowstage/initial_admin_password");

@@ -65,7 +65,7 @@ fn get(url: &str) -> (u16, String, reqwest::header::HeaderMap) {
 fn healthz_over_http_with_security_headers() {
     let pg = Pg::shared();
     let (_, url) = pg.create_database("web_http");
-    let (_web, port, _dir) = start("[site]\nname = \"lab-1\"\n", &url);
+    let (_web, port, _dir) = start("[site]\nname = \"lab-1\"\n[web]\ntls = \"off\"\n", &url);
     let (status, body, headers) = get(&format!("http://127.0.0.1:{port}/healthz"));
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -84,7 +84,7 @@ fn healthz_over_http_with_security_headers() {
 #[test]
 fn healthz_says_when_the_database_is_away() {
     let (_web, port, _dir) = start(
-        "",
+        "[web]\ntls = \"off\"\n",
         "postgresql:///nothing?host=/nonexistent&connect_timeout=1",
     );
     let (status, body, _) = get(&format!("http://127.0.0.1:{port}/healthz"));

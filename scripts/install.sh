@@ -12,14 +12,22 @@ cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 pkgs=()
-for p in build-essential pkg-config; do
+for p in build-essential pkg-config curl ca-certificates; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || pkgs+=("$p")
 done
 if [ ${#pkgs[@]} -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q "${pkgs[@]}"
 fi
-command -v cargo >/dev/null || { echo "install.sh: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+# Rust 1.85 or newer builds the binaries; Debian 12's own rustc is older, so a fresh
+# machine gets the stable toolchain from rustup (for root, in ~/.cargo).
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if ! command -v cargo >/dev/null; then
+    echo "install.sh: installing the Rust toolchain with rustup (https://rustup.rs)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+        | sh -s -- -y --profile minimal --default-toolchain stable
+    . "$HOME/.cargo/env"
+fi
 
 cargo build --release --locked
 exec target/release/flowstage-setup install --yes "$@"

@@ -27,7 +27,15 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust 1.85 or newer (https://rustup.rs)" >&2; exit 1; }
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if ! command -v cargo >/dev/null; then
+    # Debian 12's rustc is older than 1.85: the stable toolchain comes from rustup.
+    echo "test.sh: installing the Rust toolchain with rustup (https://rustup.rs)"
+    command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl ca-certificates; }
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+        | sh -s -- -y --profile minimal --default-toolchain stable --component rustfmt,clippy
+    . "$HOME/.cargo/env"
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 if [ "$(id -u)" -eq 0 ] && [ -f /etc/debian_version ]; then

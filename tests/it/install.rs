@@ -86,6 +86,15 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
         return;
     }
     let answers = Path::new(env!("CARGO_MANIFEST_DIR")).join("provision/ci-answers.toml");
+    // A first run dies right after the database step (packages, postfix and PostgreSQL
+    // done, no binaries or services yet); the next run must finish the job.
+    let aborted = Command::new(setup_bin())
+        .args(["install", "--answers", answers.to_str().unwrap(), "--yes"])
+        .env("FLOWSTAGE_SETUP_ABORT_AFTER", "postgresql")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(aborted.status.code(), Some(99), "{}", text(&aborted));
     let o = setup(&["install", "--answers", answers.to_str().unwrap(), "--yes"]);
     assert!(o.status.success(), "install: {}", text(&o));
     assert!(

@@ -709,6 +709,42 @@ fn a_self_signed_certificate_is_generated_once_and_kept() {
 }
 
 #[test]
+fn chrony_or_no_time_daemon_render_as_configured() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let answers = r.join("chrony.toml");
+    std::fs::write(
+        &answers,
+        "[time]\ndaemon = \"chrony\"\nservers = [\"ntp1.example.net\", \"pool.example.org\"]\n",
+    )
+    .unwrap();
+    let o = setup(
+        r,
+        &["install", "--answers", answers.to_str().unwrap(), "--yes"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let chrony = std::fs::read_to_string(r.join("etc/chrony/chrony.conf")).unwrap();
+    insta::assert_snapshot!("chrony.conf", chrony);
+    assert!(!r.join("etc/ntpsec/ntp.conf").exists());
+
+    let none = tempfile::tempdir().unwrap();
+    let answers = none.path().join("none.toml");
+    std::fs::write(&answers, "[time]\ndaemon = \"none\"\n").unwrap();
+    let o = setup(
+        none.path(),
+        &["install", "--answers", answers.to_str().unwrap(), "--yes"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("time keeping is left to the host"),
+        "{}",
+        text(&o)
+    );
+    assert!(!none.path().join("etc/ntpsec").exists());
+    assert!(!none.path().join("etc/chrony").exists());
+}
+
+#[test]
 fn uninstall_without_a_terminal_or_yes_refuses() {
     let root = tempfile::tempdir().unwrap();
     install_example(root.path());

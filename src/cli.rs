@@ -212,6 +212,7 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
             let config = a.common.load()?;
             let now = chrono::Utc::now();
             let query = ReportQuery {
+                visible_to: None,
                 from: crate::timespec::parse_time(&a.from, now).context("--from")?,
                 to: crate::timespec::parse_time(&a.to, now).context("--to")?,
                 by: a.by,

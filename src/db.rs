@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_users_and_grants",
         include_str!("../sql/0002_users_and_grants.sql"),
     ),
+    (
+        3,
+        "0003_web_sessions",
+        include_str!("../sql/0003_web_sessions.sql"),
+    ),
 ];
 
 /// Connect and spawn the connection task on the current runtime.

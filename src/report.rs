@@ -83,6 +83,9 @@ pub struct ReportQuery {
     pub interface: Option<String>,
     pub direction: Direction,
     pub top: usize,
+    /// Only interfaces this user may see (`flowstage_visible_interfaces`); None for
+    /// the command line, which runs with the database's own access rights.
+    pub visible_to: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -110,22 +113,15 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
-    anyhow::ensure!(q.top >= 1, "--top {}: must be at least 1", q.top);
-    let schema: Option<String> = client
-        .query_one("SELECT to_regclass('flow_totals')::text", &[])
-        .await?
-        .get(0);
-    anyhow::ensure!(
-        schema.is_some(),
-        "this database has no Flowstage tables yet; the collector creates them when it starts"
-    );
-    let (table, key, extra) = q.by.source();
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// The WHERE clause (over `t`, the aggregate table, and `e`, exporters) and its
+/// parameters for a query's period, direction, scope and access.
+fn filter(q: &ReportQuery) -> (String, Params) {
     let direction = q.direction as i16;
     // Buckets are whole minutes: the minute `from` falls in is included, `to`'s is not.
     let (from, to) = (floor_minute(q.from), floor_minute(q.to));
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> =
-        vec![Box::new(from), Box::new(to), Box::new(direction)];
+    let mut params: Params = vec![Box::new(from), Box::new(to), Box::new(direction)];
     let mut filter = String::from("t.minute >= $1 AND t.minute < $2 AND t.direction = $3");
     if let Some(e) = &q.exporter {
         params.push(Box::new(e.clone()));
@@ -148,6 +144,31 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
             );
         }
     }
+    if let Some(uid) = q.visible_to {
+        params.push(Box::new(uid));
+        let _ = write!(
+            filter,
+            " AND (t.exporter_id, t.ifindex) IN (SELECT v.exporter_id, v.ifindex FROM flowstage_visible_interfaces(${}) v)",
+            params.len()
+        );
+    }
+    (filter, params)
+}
+
+pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
+    anyhow::ensure!(q.top >= 1, "--top {}: must be at least 1", q.top);
+    let schema: Option<String> = client
+        .query_one("SELECT to_regclass('flow_totals')::text", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        schema.is_some(),
+        "this database has no Flowstage tables yet; the collector creates them when it starts"
+    );
+    let (table, key, extra) = q.by.source();
+    let (filter, params) = filter(q);
+    let from = floor_minute(q.from);
+    let to = floor_minute(q.to);
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
@@ -195,6 +216,95 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
             packets: to_u64(t.get(1)),
             flows: to_u64(t.get(2)),
         },
+    })
+}
+
+/// Traffic over time for a report's rows: one value per row key (and "other") per
+/// step, so graphs stack to the report's totals.
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    pub step_secs: i64,
+    pub keys: Vec<String>,
+    pub points: Vec<SeriesPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesPoint {
+    /// Start of the step, RFC 3339.
+    pub time: String,
+    /// Bytes per key, in the order of `keys`.
+    pub bytes: Vec<u64>,
+}
+
+/// The step for about `points` points over a period: whole minutes, at least one.
+pub fn step_for(from: DateTime<Utc>, to: DateTime<Utc>, points: i64) -> i64 {
+    let span = (to - from).num_seconds().max(60);
+    let raw = (span / points.max(1)).max(60);
+    [
+        60,
+        300,
+        900,
+        1800,
+        3600,
+        3 * 3600,
+        6 * 3600,
+        86_400,
+        7 * 86_400,
+    ]
+    .into_iter()
+    .find(|s| *s >= raw)
+    .unwrap_or(7 * 86_400)
+}
+
+pub async fn series(
+    client: &Client,
+    q: &ReportQuery,
+    report: &Report,
+    step_secs: i64,
+) -> anyhow::Result<Series> {
+    let (table, key, extra) = q.by.source();
+    let (filter, mut params) = filter(q);
+    params.push(Box::new(step_secs.max(60)));
+    let step_param = params.len();
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let sql = format!(
+        "SELECT (extract(epoch FROM t.minute)::bigint / ${step_param}) * ${step_param} AS b,
+                {key} AS k, sum(t.bytes)::bigint
+         FROM {table} t JOIN exporters e ON e.id = t.exporter_id
+         WHERE {filter} {extra} GROUP BY 1, 2 ORDER BY 1"
+    );
+    let keys: Vec<String> = report.rows.iter().map(|r| r.key.clone()).collect();
+    let other = keys.iter().position(|k| k == "other");
+    let mut points: Vec<SeriesPoint> = Vec::new();
+    let mut current: Option<i64> = None;
+    for r in client.query(&sql, &refs).await? {
+        let bucket: i64 = r.get(0);
+        let k: Option<String> = r.get(1);
+        let bytes = to_u64(r.get(2));
+        if current != Some(bucket) {
+            current = Some(bucket);
+            points.push(SeriesPoint {
+                time: DateTime::from_timestamp(bucket, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default(),
+                bytes: vec![0; keys.len()],
+            });
+        }
+        let index = k
+            .as_ref()
+            .and_then(|k| keys.iter().position(|x| x == k))
+            .or(other);
+        if let (Some(i), Some(p)) = (index, points.last_mut()) {
+            p.bytes[i] += bytes;
+        }
+    }
+    Ok(Series {
+        step_secs,
+        keys,
+        points,
     })
 }
 

@@ -110,6 +110,9 @@ pub enum UsersCommand {
     Disable { name: String },
     /// Enable a disabled user.
     Enable { name: String },
+    /// Create an API token for a user's scripts; printed once (send it as
+    /// `Authorization: Bearer TOKEN`).
+    Token { name: String, token_name: String },
     /// Set a user's password (generated and printed once unless --password-stdin).
     Passwd {
         name: String,
@@ -409,6 +412,11 @@ fn users_command(database_url: &str, cmd: UsersCommand) -> anyhow::Result<()> {
             UsersCommand::Revoke { name, grant } => {
                 users::revoke(&client, &actor, &name, grant).await?;
                 println!("revoked grant {grant} of {name}");
+            }
+            UsersCommand::Token { name, token_name } => {
+                let token =
+                    crate::web::auth::create_api_token(&client, &actor, &name, &token_name).await?;
+                println!("API token {token_name} for {name} (shown once): {token}");
             }
             UsersCommand::Disable { name } => {
                 users::set_disabled(&client, &actor, &name, true).await?;

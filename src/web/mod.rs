@@ -1,20 +1,30 @@
-//! `flowstage-web`: the web daemon. This first version serves what the installer and
-//! `status` need: `/healthz` (is the daemon up, can it reach the database) and a
-//! landing page; reports, graphs, the JSON API and users build on it.
+//! `flowstage-web`: the web daemon. Server-rendered pages (login, dashboard, reports
+//! with SVG graphs and CSV export) and a JSON API under `/api/v1`, both over the same
+//! query code as `flowstage-collector report` and the same access checks: a user sees
+//! only the interfaces the database says they may (`flowstage_visible_interfaces`).
+
+pub mod api;
+pub mod auth;
+pub mod pages;
+pub mod svg;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
+use tokio_postgres::Client;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use auth::Identity;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,9 +45,211 @@ pub struct WebCli {
 }
 
 #[derive(Debug)]
-struct AppState {
-    site: String,
+pub struct AppState {
+    pub site: String,
     database_url: String,
+    db: tokio::sync::Mutex<Option<Arc<Client>>>,
+    pub throttle: auth::Throttle,
+    /// Cookies carry `Secure` when served over TLS.
+    pub secure_cookies: bool,
+}
+
+impl AppState {
+    /// The shared connection, (re)connected and migrated on demand.
+    pub async fn client(&self) -> Result<Arc<Client>, WebError> {
+        let mut guard = self.db.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let mut client = crate::db::connect(&self.database_url)
+            .await
+            .map_err(WebError::Unavailable)?;
+        crate::db::migrate(&mut client)
+            .await
+            .map_err(WebError::Unavailable)?;
+        let client = Arc::new(client);
+        *guard = Some(client.clone());
+        Ok(client)
+    }
+}
+
+type AppStateRef = Arc<AppState>;
+
+/// Errors of a request, each with its status. Internal details go to the log, not to
+/// the client.
+#[derive(Debug)]
+pub enum WebError {
+    /// Not logged in: pages redirect to the login, the API answers 401.
+    Unauthenticated {
+        api: bool,
+        next: String,
+    },
+    Forbidden(String),
+    NotFound(String),
+    BadRequest(String),
+    TooManyRequests(u64),
+    Unavailable(anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for WebError {
+    fn from(e: anyhow::Error) -> Self {
+        WebError::Internal(e)
+    }
+}
+
+impl From<crate::users::UserError> for WebError {
+    fn from(e: crate::users::UserError) -> Self {
+        WebError::Internal(e.into())
+    }
+}
+
+impl From<tokio_postgres::Error> for WebError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        WebError::Internal(e.into())
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            WebError::Unauthenticated { api: false, next } => {
+                return Redirect::to(&format!("/login?next={}", view::encode(&next)))
+                    .into_response()
+            }
+            WebError::Unauthenticated { api: true, .. } => (
+                StatusCode::UNAUTHORIZED,
+                "log in or send an API token".to_string(),
+            ),
+            WebError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            WebError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            WebError::TooManyRequests(secs) => {
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    pages::error_page(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &format!("too many failed logins: try again in {secs} s"),
+                    ),
+                )
+                    .into_response();
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                return r;
+            }
+            WebError::Unavailable(e) => {
+                tracing::warn!("database unavailable: {e:#}");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not reachable right now".to_string(),
+                )
+            }
+            WebError::Internal(e) => {
+                tracing::error!("request failed: {e:#}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error (see the web daemon's log)".to_string(),
+                )
+            }
+        };
+        (status, pages::error_page(status, &message)).into_response()
+    }
+}
+
+/// The logged-in user of a page request (session cookie).
+#[derive(Debug)]
+pub struct PageUser(pub Identity);
+
+/// The user of an API request (session cookie or `Authorization: Bearer`).
+#[derive(Debug)]
+pub struct ApiUser(pub Identity);
+
+async fn identity(parts: &Parts, state: &AppState, api: bool) -> Result<Identity, WebError> {
+    let next = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let unauthenticated = || WebError::Unauthenticated {
+        api,
+        next: next.clone(),
+    };
+    if api {
+        if let Some(token) = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            let client = state.client().await?;
+            return auth::api_token(&client, token.trim())
+                .await?
+                .ok_or_else(unauthenticated);
+        }
+    }
+    let Some(token) = auth::cookie(&parts.headers, auth::SESSION_COOKIE) else {
+        return Err(unauthenticated());
+    };
+    let client = state.client().await?;
+    auth::session(&client, &token)
+        .await?
+        .ok_or_else(unauthenticated)
+}
+
+impl FromRequestParts<AppStateRef> for PageUser {
+    type Rejection = WebError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, WebError> {
+        identity(parts, state, false).await.map(PageUser)
+    }
+}
+
+impl FromRequestParts<AppStateRef> for ApiUser {
+    type Rejection = WebError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, WebError> {
+        identity(parts, state, true).await.map(ApiUser)
+    }
+}
+
+/// Security headers on every response: a CSP without inline script or style, no
+/// framing, no sniffing, no referrer leaks.
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    for (k, v) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    res
+}
+
+pub fn router(state: AppStateRef) -> Router {
+    Router::new()
+        .route("/", get(pages::dashboard))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/report", get(pages::report))
+        .route("/report.csv", get(pages::report_csv))
+        .route("/graph.svg", get(pages::graph_svg))
+        .route("/static/style.css", get(pages::stylesheet))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/api/v1/me", get(api::me))
+        .route("/api/v1/exporters", get(api::exporters))
+        .route("/api/v1/interfaces", get(api::interfaces))
+        .route("/api/v1/report", get(api::report))
+        .route("/api/v1/series", get(api::series))
+        .fallback(|| async { WebError::NotFound("no such page".into()) })
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
 }
 
 pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
@@ -59,11 +271,11 @@ pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         site: config.site.name.clone(),
         database_url: config.database_url.clone(),
+        db: tokio::sync::Mutex::new(None),
+        throttle: auth::Throttle::default(),
+        secure_cookies: tls.is_some(),
     });
-    let app = Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
-        .with_state(state);
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -79,7 +291,7 @@ pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
             tracing::info!(%listen, "serving HTTPS");
             return axum_server::bind_rustls(listen, tls)
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app)
                 .await
                 .with_context(|| format!("serving HTTPS on {listen}"));
         }
@@ -138,54 +350,64 @@ fn rustls_config(
     ))
 }
 
-const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
-    (
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'self'; frame-ancestors 'none'",
-    ),
-    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    (header::REFERRER_POLICY, "same-origin"),
-    (header::X_FRAME_OPTIONS, "DENY"),
-];
-
-async fn index(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let site = html_escape(&state.site);
-    (
-        SECURITY_HEADERS,
-        Html(format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Flowstage {site}</title></head>\
-             <body><h1>Flowstage: {site}</h1><p>The collector is storing flows. Reports are \
-             available with <code>flowstage-collector report</code>; health with \
-             <code>flowstage-setup status</code> and <a href=\"/healthz\">/healthz</a>.</p></body></html>"
-        )),
-    )
-}
-
-async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let db = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        crate::db::connect(&state.database_url),
-    )
-    .await;
+async fn healthz(State(state): State<AppStateRef>) -> Response {
+    let db = tokio::time::timeout(std::time::Duration::from_secs(3), state.client()).await;
     let (status, database) = match db {
         Ok(Ok(_)) => (StatusCode::OK, "up".to_string()),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Ok(Err(WebError::Unavailable(e))) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "error".to_string()),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout".to_string()),
     };
     (
         status,
-        SECURITY_HEADERS,
         axum::Json(serde_json::json!({
             "status": if status == StatusCode::OK { "ok" } else { "degraded" },
             "version": env!("CARGO_PKG_VERSION"),
             "database": database,
         })),
     )
+        .into_response()
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The client's address, for login throttling.
+pub fn client_address(info: &Option<ConnectInfo<SocketAddr>>) -> String {
+    info.as_ref()
+        .map(|ConnectInfo(a)| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Does this user see the exporter (and interface) a view is scoped to? Admins see
+/// everything; for others an unknown or ungranted scope is "not found", so nothing
+/// about its existence leaks.
+pub async fn check_scope(
+    client: &Client,
+    who: &Identity,
+    exporter: Option<&str>,
+    interface: Option<&str>,
+) -> Result<(), WebError> {
+    if who.role == crate::users::Role::Admin || (exporter.is_none() && interface.is_none()) {
+        return Ok(());
+    }
+    let visible: i64 = client
+        .query_one(
+            "SELECT count(*) FROM flowstage_visible_interfaces($1) v
+             JOIN exporters e ON e.id = v.exporter_id
+             LEFT JOIN interfaces i ON i.exporter_id = v.exporter_id AND i.ifindex = v.ifindex
+             WHERE ($2::text IS NULL OR e.name = $2 OR host(e.address) = $2)
+               AND ($3::text IS NULL OR v.ifindex::text = $3 OR i.name = $3 OR i.description = $3)",
+            &[&who.user_id, &exporter, &interface],
+        )
+        .await?
+        .get(0);
+    if visible == 0 {
+        return Err(WebError::NotFound(
+            "no such exporter or interface for you".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The user id to restrict queries to (None for admins).
+pub fn restriction(who: &Identity) -> Option<i32> {
+    (who.role != crate::users::Role::Admin).then_some(who.user_id)
 }

@@ -1,0 +1,224 @@
+//! The JSON API under `/api/v1`: the same queries and access checks as the pages, for
+//! scripts with an API token (`Authorization: Bearer fst_...`) or a logged-in browser.
+//! `/api/v1/openapi.json` describes it.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use super::auth::Identity;
+use super::view::{View, ViewParams};
+use super::{check_scope, restriction, ApiUser, AppState, WebError};
+use crate::report;
+
+#[derive(Debug, Serialize)]
+pub struct ExporterInfo {
+    pub address: String,
+    pub name: Option<String>,
+    pub interfaces: i64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// The exporters with at least one interface the user may see (admins: all).
+pub async fn visible_exporters(
+    client: &Client,
+    who: &Identity,
+) -> Result<Vec<ExporterInfo>, WebError> {
+    let rows = client
+        .query(
+            "SELECT host(e.address), e.name,
+                    (SELECT count(*) FROM interfaces i WHERE i.exporter_id = e.id
+                       AND ($1::int IS NULL OR (i.exporter_id, i.ifindex) IN
+                            (SELECT v.exporter_id, v.ifindex FROM flowstage_visible_interfaces($1) v))),
+                    to_char(e.first_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    to_char(e.last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+             FROM exporters e
+             WHERE $1::int IS NULL
+                OR e.id IN (SELECT v.exporter_id FROM flowstage_visible_interfaces($1) v)
+             ORDER BY e.address",
+            &[&restriction(who)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ExporterInfo {
+            address: r.get(0),
+            name: r.get(1),
+            interfaces: r.get(2),
+            first_seen: r.get(3),
+            last_seen: r.get(4),
+        })
+        .collect())
+}
+
+pub async fn me(ApiUser(who): ApiUser) -> Response {
+    Json(serde_json::json!({"name": who.name, "role": who.role})).into_response()
+}
+
+pub async fn exporters(
+    State(state): State<Arc<AppState>>,
+    ApiUser(who): ApiUser,
+) -> Result<Response, WebError> {
+    let client = state.client().await?;
+    Ok(Json(visible_exporters(&client, &who).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InterfaceQuery {
+    exporter: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterfaceInfo {
+    pub exporter: String,
+    pub ifindex: i64,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub speed_bps: Option<i64>,
+}
+
+pub async fn interfaces(
+    State(state): State<Arc<AppState>>,
+    ApiUser(who): ApiUser,
+    Query(q): Query<InterfaceQuery>,
+) -> Result<Response, WebError> {
+    let client = state.client().await?;
+    check_scope(&client, &who, q.exporter.as_deref(), None).await?;
+    let rows = client
+        .query(
+            "SELECT host(e.address), i.ifindex, i.name, i.description, i.speed_bps
+             FROM interfaces i JOIN exporters e ON e.id = i.exporter_id
+             WHERE ($1::text IS NULL OR e.name = $1 OR host(e.address) = $1)
+               AND ($2::int IS NULL OR (i.exporter_id, i.ifindex) IN
+                    (SELECT v.exporter_id, v.ifindex FROM flowstage_visible_interfaces($2) v))
+             ORDER BY e.address, i.ifindex",
+            &[&q.exporter, &restriction(&who)],
+        )
+        .await?;
+    let list: Vec<InterfaceInfo> = rows
+        .iter()
+        .map(|r| InterfaceInfo {
+            exporter: r.get(0),
+            ifindex: r.get(1),
+            name: r.get(2),
+            description: r.get(3),
+            speed_bps: r.get(4),
+        })
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+async fn view_report(
+    state: &AppState,
+    who: &Identity,
+    params: &ViewParams,
+) -> Result<(View, report::Report, Arc<Client>), WebError> {
+    let view = View::parse(params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
+    let client = state.client().await?;
+    check_scope(
+        &client,
+        who,
+        view.exporter.as_deref(),
+        view.interface.as_deref(),
+    )
+    .await?;
+    let r = report::run(&client, &view.query(restriction(who))).await?;
+    Ok((view, r, client))
+}
+
+pub async fn report(
+    State(state): State<Arc<AppState>>,
+    ApiUser(who): ApiUser,
+    Query(params): Query<ViewParams>,
+) -> Result<Response, WebError> {
+    let (_, r, _) = view_report(&state, &who, &params).await?;
+    Ok(Json(r).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SeriesQuery {
+    #[serde(flatten)]
+    view: ViewParams,
+    points: Option<String>,
+}
+
+pub async fn series(
+    State(state): State<Arc<AppState>>,
+    ApiUser(who): ApiUser,
+    Query(q): Query<SeriesQuery>,
+) -> Result<Response, WebError> {
+    let points = match q.points.as_deref() {
+        None | Some("") => 120,
+        Some(p) => p
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=2000).contains(n))
+            .ok_or_else(|| WebError::BadRequest(format!("points={p:?}: expected 1 to 2000")))?,
+    };
+    let (view, r, client) = view_report(&state, &who, &q.view).await?;
+    let step = report::step_for(view.from, view.to, points);
+    let s = report::series(&client, &view.query(restriction(&who)), &r, step).await?;
+    Ok(Json(s).into_response())
+}
+
+/// The OpenAPI 3.0 description of this API.
+pub async fn openapi() -> Response {
+    let view_params: Vec<serde_json::Value> = [
+        ("by", "Report kind: total, exporter, interface, src-as, dst-as, src-ip, dst-ip, src-port, dst-port, proto (default total)"),
+        ("exporter", "Exporter name or address"),
+        ("interface", "ifIndex, or interface name or description"),
+        ("direction", "in (default) or out"),
+        ("from", "Start: RFC 3339, YYYY-MM-DD[ HH:MM], now, or -15m/-1h/-2d/-1w (default -1d)"),
+        ("to", "End, same forms (default now)"),
+        ("top", "Rows before \"other\", 1 to 1000 (default 10)"),
+    ]
+    .iter()
+    .map(|(name, d)| {
+        serde_json::json!({"name": name, "in": "query", "required": false, "description": d, "schema": {"type": "string"}})
+    })
+    .collect();
+    let row = serde_json::json!({"type": "object", "properties": {
+        "key": {"type": "string"}, "bytes": {"type": "integer"}, "packets": {"type": "integer"}, "flows": {"type": "integer"}}});
+    let errors = serde_json::json!({
+        "400": {"description": "a parameter is invalid (the message names it)"},
+        "401": {"description": "not logged in and no valid API token"},
+        "404": {"description": "no such exporter or interface for this user"},
+        "503": {"description": "the database is not reachable"}
+    });
+    let ok = |schema: serde_json::Value| {
+        let mut r = errors.clone();
+        r["200"] = serde_json::json!({"description": "ok", "content": {"application/json": {"schema": schema}}});
+        r
+    };
+    let mut series_params = view_params.clone();
+    series_params.push(serde_json::json!({"name": "points", "in": "query", "required": false, "description": "About how many time steps, 1 to 2000 (default 120)", "schema": {"type": "string"}}));
+    let doc = serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Flowstage API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Flow reports over the appliance's aggregates. Every call sees only what the caller is granted."},
+        "components": {"securitySchemes": {
+            "token": {"type": "http", "scheme": "bearer", "description": "An API token (fst_...)"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "fs_session"}}},
+        "security": [{"token": []}, {"session": []}],
+        "paths": {
+            "/api/v1/me": {"get": {"summary": "The caller", "responses": ok(serde_json::json!({"type": "object"}))}},
+            "/api/v1/exporters": {"get": {"summary": "Visible exporters", "responses": ok(serde_json::json!({"type": "array", "items": {"type": "object"}}))}},
+            "/api/v1/interfaces": {"get": {"summary": "Visible interfaces", "parameters": [{"name": "exporter", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "responses": ok(serde_json::json!({"type": "array", "items": {"type": "object"}}))}},
+            "/api/v1/report": {"get": {"summary": "Top N + other and the total for a scope and period", "parameters": view_params,
+                "responses": ok(serde_json::json!({"type": "object", "properties": {
+                    "from": {"type": "string"}, "to": {"type": "string"}, "by": {"type": "string"},
+                    "rows": {"type": "array", "items": row}, "total": {"type": "object"}}}))}},
+            "/api/v1/series": {"get": {"summary": "The report's rows over time (bytes per step)", "parameters": series_params,
+                "responses": ok(serde_json::json!({"type": "object", "properties": {
+                    "step_secs": {"type": "integer"}, "keys": {"type": "array", "items": {"type": "string"}},
+                    "points": {"type": "array", "items": {"type": "object"}}}}))}}
+        }
+    });
+    Json(doc).into_response()
+}

@@ -1,0 +1,452 @@
+//! The HTML pages: login, dashboard, and the report view (time navigator, SVG graph,
+//! top-N table with drill-down, CSV export). Plain server-rendered HTML that works
+//! without JavaScript; every form carries a CSRF token.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::auth::{self, Identity};
+use super::svg::{escape, si};
+use super::view::{View, ViewParams, ZOOMS};
+use super::{check_scope, restriction, AppState, PageUser, WebError};
+use crate::report::{self, ReportBy};
+
+const STYLE: &str = "body{font-family:sans-serif;margin:0;color:#222}header{background:#24405e;color:#fff;padding:.5em 1em;display:flex;gap:1.5em;align-items:center}header a{color:#fff}header form{margin-left:auto}main{padding:1em}table{border-collapse:collapse;margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:.25em .75em;text-align:right}td:first-child,th:first-child{text-align:left}.nav a{margin-right:.75em}.error{color:#a00}form.view label{margin-right:1em}";
+
+pub async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/css"))],
+        STYLE,
+    )
+        .into_response()
+}
+
+fn layout(title: &str, who: Option<&Identity>, site: &str, body: &str) -> Html<String> {
+    let nav = match who {
+        Some(w) => format!(
+            "<a href=\"/\">Dashboard</a><a href=\"/report\">Reports</a><span>{} ({})</span><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Log out</button></form>",
+            escape(&w.name),
+            w.role.as_str(),
+            escape(&w.csrf)
+        ),
+        None => String::new(),
+    };
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · Flowstage {}</title><link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><header><strong>Flowstage · {}</strong>{nav}</header><main>{body}</main></body></html>",
+        escape(title),
+        escape(site),
+        escape(site)
+    ))
+}
+
+pub fn error_page(status: StatusCode, message: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><main><h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/\">Dashboard</a></p></main></body></html>",
+        status.as_u16(),
+        escape(&status.to_string()),
+        escape(message)
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Only local paths: a login link must not send the user elsewhere.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+fn login_page(state: &AppState, next: &str, error: Option<&str>) -> Response {
+    let csrf = auth::random_token();
+    let body = format!(
+        "<h1>Log in</h1>{}<form method=\"post\" action=\"/login\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"next\" value=\"{}\"><p><label>User <input name=\"user\" autocomplete=\"username\" required></label></p><p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p><p><button type=\"submit\">Log in</button></p></form>",
+        error
+            .map(|e| format!("<p class=\"error\">{}</p>", escape(e)))
+            .unwrap_or_default(),
+        escape(next)
+    );
+    let status = if error.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let mut res = (status, layout("Log in", None, &state.site, &body)).into_response();
+    set_cookie(
+        &mut res,
+        &format!(
+            "{}={csrf}; Path=/login; HttpOnly; SameSite=Strict{}",
+            auth::LOGIN_CSRF_COOKIE,
+            if state.secure_cookies { "; Secure" } else { "" }
+        ),
+    );
+    res
+}
+
+fn set_cookie(res: &mut Response, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+pub async fn login_form(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    login_page(&state, &safe_next(q.next.as_deref()), None)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    user: String,
+    password: String,
+    csrf: String,
+    next: Option<String>,
+}
+
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, WebError> {
+    let next = safe_next(form.next.as_deref());
+    let cookie = auth::cookie(&headers, auth::LOGIN_CSRF_COOKIE).unwrap_or_default();
+    if !auth::same_token(&cookie, &form.csrf) {
+        return Err(WebError::Forbidden(
+            "the login form expired or was not sent by this site: reload it".into(),
+        ));
+    }
+    let address = peer.ip().to_string();
+    let user = form.user.trim().to_lowercase();
+    if let Some(wait) = state.throttle.wait(&user, &address) {
+        return Err(WebError::TooManyRequests(wait.as_secs().max(1)));
+    }
+    let client = state.client().await?;
+    match auth::check_password(&client, &user, &form.password).await? {
+        Some(mut who) => {
+            state.throttle.succeeded(&user);
+            let token = auth::create_session(&client, &mut who).await?;
+            crate::users::audit(&client, &format!("web:{user}"), "login.ok", &user, &address)
+                .await?;
+            let mut res = Redirect::to(&next).into_response();
+            set_cookie(
+                &mut res,
+                &format!(
+                    "{}={token}; Path=/; HttpOnly; SameSite=Lax{}",
+                    auth::SESSION_COOKIE,
+                    if state.secure_cookies { "; Secure" } else { "" }
+                ),
+            );
+            Ok(res)
+        }
+        None => {
+            state.throttle.failed(&user, &address);
+            crate::users::audit(
+                &client,
+                &format!("web:{address}"),
+                "login.fail",
+                &user,
+                &address,
+            )
+            .await?;
+            Ok(login_page(
+                &state,
+                &next,
+                Some("wrong user name or password"),
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, WebError> {
+    if !auth::same_token(&who.csrf, &form.csrf) {
+        return Err(WebError::Forbidden("missing or wrong CSRF token".into()));
+    }
+    let client = state.client().await?;
+    if let Some(token) = auth::cookie(&headers, auth::SESSION_COOKIE) {
+        auth::end_session(&client, &token).await?;
+    }
+    crate::users::audit(
+        &client,
+        &format!("web:{}", who.name),
+        "logout",
+        &who.name,
+        "",
+    )
+    .await?;
+    let mut res = Redirect::to("/login").into_response();
+    set_cookie(
+        &mut res,
+        &format!(
+            "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0",
+            auth::SESSION_COOKIE
+        ),
+    );
+    Ok(res)
+}
+
+fn bits_per_second(bytes: u64, view: &View) -> f64 {
+    let secs = (view.to - view.from).num_seconds().max(1) as f64;
+    bytes as f64 * 8.0 / secs
+}
+
+fn report_table(view: &View, r: &report::Report) -> String {
+    let mut t = String::from(
+        "<table><thead><tr><th>key</th><th>avg bit/s</th><th>bytes</th><th>packets</th><th>flows</th><th>% of bytes</th></tr></thead><tbody>",
+    );
+    let total = r.total.bytes.max(1) as f64;
+    for row in &r.rows {
+        // Drill down: an exporter to its interfaces, an interface to its ports.
+        let key = match view.by {
+            ReportBy::Exporter if row.key != "other" => format!(
+                "<a href=\"{}\">{}</a>",
+                escape(&view.link("/report", |v| {
+                    v.exporter = Some(row.key.clone());
+                    v.by = ReportBy::Interface;
+                })),
+                escape(&row.key)
+            ),
+            ReportBy::Interface if row.key != "other" => match row.key.rsplit_once(':') {
+                Some((exporter, ifindex)) => format!(
+                    "<a href=\"{}\">{}</a>",
+                    escape(&view.link("/report", |v| {
+                        v.exporter = Some(exporter.to_string());
+                        v.interface = Some(ifindex.to_string());
+                        v.by = ReportBy::DstPort;
+                    })),
+                    escape(&row.key)
+                ),
+                None => escape(&row.key),
+            },
+            _ => escape(&row.key),
+        };
+        let _ = write!(
+            t,
+            "<tr><td>{key}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
+            si(bits_per_second(row.bytes, view)),
+            row.bytes,
+            row.packets,
+            row.flows,
+            100.0 * row.bytes as f64 / total
+        );
+    }
+    let _ = write!(
+        t,
+        "</tbody><tfoot><tr><th>total</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>100</th></tr></tfoot></table>",
+        si(bits_per_second(r.total.bytes, view)),
+        r.total.bytes,
+        r.total.packets,
+        r.total.flows
+    );
+    t
+}
+
+async fn run_view(
+    state: &AppState,
+    who: &Identity,
+    params: &ViewParams,
+) -> Result<(View, report::Report), WebError> {
+    let view = View::parse(params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
+    let client = state.client().await?;
+    check_scope(
+        &client,
+        who,
+        view.exporter.as_deref(),
+        view.interface.as_deref(),
+    )
+    .await?;
+    let r = report::run(&client, &view.query(restriction(who))).await?;
+    Ok((view, r))
+}
+
+pub async fn report(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    Query(params): Query<ViewParams>,
+) -> Result<Response, WebError> {
+    let (view, r) = run_view(&state, &who, &params).await?;
+    let mut body = String::new();
+    let scope = match (&view.exporter, &view.interface) {
+        (Some(e), Some(i)) => format!("{e} interface {i}"),
+        (Some(e), None) => e.clone(),
+        _ => "all visible interfaces".to_string(),
+    };
+    let _ = write!(
+        body,
+        "<h1>{} by {}</h1><p>{} to {} UTC, {} direction</p>",
+        escape(&scope),
+        view.by.as_str(),
+        view.from.format("%Y-%m-%d %H:%M"),
+        view.to.format("%Y-%m-%d %H:%M"),
+        if view.direction == crate::collector::batch::Direction::Out {
+            "out"
+        } else {
+            "in"
+        }
+    );
+    body.push_str("<p class=\"nav\">");
+    let _ = write!(
+        body,
+        "<a href=\"{}\">◀ previous</a><a href=\"{}\">next ▶</a>",
+        escape(&view.shifted("/report", false)),
+        escape(&view.shifted("/report", true))
+    );
+    for (name, secs) in ZOOMS {
+        let _ = write!(
+            body,
+            "<a href=\"{}\">{name}</a>",
+            escape(&view.zoomed("/report", secs))
+        );
+    }
+    for by in [
+        ReportBy::Total,
+        ReportBy::Exporter,
+        ReportBy::Interface,
+        ReportBy::SrcAs,
+        ReportBy::DstAs,
+        ReportBy::SrcIp,
+        ReportBy::DstIp,
+        ReportBy::SrcPort,
+        ReportBy::DstPort,
+        ReportBy::Proto,
+    ] {
+        let _ = write!(
+            body,
+            "<a href=\"{}\">{}</a>",
+            escape(&view.link("/report", |v| v.by = by)),
+            by.as_str()
+        );
+    }
+    let _ = write!(
+        body,
+        "<a href=\"{}\">CSV</a><a href=\"{}\">SVG</a></p>",
+        escape(&view.link("/report.csv", |_| {})),
+        escape(&view.link("/graph.svg", |_| {}))
+    );
+    let _ = write!(
+        body,
+        "<p><img src=\"{}\" alt=\"traffic by {} over time\" width=\"960\" height=\"360\"></p>",
+        escape(&view.link("/graph.svg", |_| {})),
+        view.by.as_str()
+    );
+    body.push_str(&report_table(&view, &r));
+    Ok(layout(
+        &format!("{scope} by {}", view.by.as_str()),
+        Some(&who),
+        &state.site,
+        &body,
+    )
+    .into_response())
+}
+
+pub async fn report_csv(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    Query(params): Query<ViewParams>,
+) -> Result<Response, WebError> {
+    let (view, r) = run_view(&state, &who, &params).await?;
+    let csv = r.render(crate::report::ReportFormat::Csv)?;
+    let name = format!(
+        "flowstage-{}-{}.csv",
+        view.by.as_str(),
+        view.from.format("%Y%m%dT%H%M")
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        csv,
+    )
+        .into_response())
+}
+
+pub async fn graph_svg(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    Query(params): Query<ViewParams>,
+) -> Result<Response, WebError> {
+    let (view, r) = run_view(&state, &who, &params).await?;
+    let client = state.client().await?;
+    let step = report::step_for(view.from, view.to, 120);
+    let s = report::series(&client, &view.query(restriction(&who)), &r, step).await?;
+    let title = format!("bit/s by {}", view.by.as_str());
+    Ok((
+        [(header::CONTENT_TYPE, "image/svg+xml")],
+        super::svg::stacked_bits(&s, &title),
+    )
+        .into_response())
+}
+
+pub async fn dashboard(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+) -> Result<Response, WebError> {
+    let client = state.client().await?;
+    let restrict = restriction(&who);
+    let exporters = super::api::visible_exporters(&client, &who).await?;
+    let mut body = String::from("<h1>Last 24 hours</h1>");
+    let day = View::parse(
+        &ViewParams {
+            by: Some("exporter".into()),
+            ..Default::default()
+        },
+        chrono::Utc::now(),
+    )
+    .map_err(WebError::BadRequest)?;
+    let _ = write!(
+        body,
+        "<p><a href=\"{0}\"><img src=\"{1}\" alt=\"traffic of all visible exporters, last 24 hours\" width=\"960\" height=\"360\"></a></p>",
+        escape(&day.link("/report", |_| {})),
+        escape(&day.link("/graph.svg", |_| {}))
+    );
+    body.push_str("<h2>Exporters</h2><table><thead><tr><th>exporter</th><th>address</th><th>interfaces</th><th>first seen</th><th>last seen</th></tr></thead><tbody>");
+    for e in &exporters {
+        let link = day.link("/report", |v| {
+            v.exporter = Some(e.address.clone());
+            v.by = ReportBy::Interface;
+        });
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&link),
+            escape(e.name.as_deref().unwrap_or(&e.address)),
+            escape(&e.address),
+            e.interfaces,
+            escape(&e.first_seen),
+            escape(&e.last_seen)
+        );
+    }
+    body.push_str("</tbody></table><h2>Busiest interfaces</h2>");
+    let busiest = View {
+        by: ReportBy::Interface,
+        ..day.clone()
+    };
+    let r = report::run(&client, &busiest.query(restrict)).await?;
+    body.push_str(&report_table(&busiest, &r));
+    Ok(layout("Dashboard", Some(&who), &state.site, &body).into_response())
+}

@@ -1,0 +1,175 @@
+//! Server-side SVG graphs: stacked bars of the top N + "other" over time, with axes,
+//! units and a legend. Plain SVG with presentation attributes only, so it renders
+//! without JavaScript, without a CDN, and under a CSP that forbids inline styles.
+
+use std::fmt::Write as _;
+
+use crate::report::Series;
+
+const WIDTH: f64 = 960.0;
+const HEIGHT: f64 = 360.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 200.0;
+const TOP: f64 = 20.0;
+const BOTTOM: f64 = 40.0;
+const COLOURS: [&str; 12] = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+    "#9c755f", "#bab0ac", "#86bcb6", "#d37295",
+];
+
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// 1234567 → "1.23 M" (SI, for bits/s and packets/s).
+pub fn si(v: f64) -> String {
+    let units = ["", "k", "M", "G", "T", "P"];
+    let mut v = v;
+    let mut i = 0;
+    while v.abs() >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2} {}", units[i])
+    }
+}
+
+/// A stacked bar graph of bits per second.
+pub fn stacked_bits(series: &Series, title: &str) -> String {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let step = series.step_secs.max(1) as f64;
+    let rates: Vec<Vec<f64>> = series
+        .points
+        .iter()
+        .map(|p| p.bytes.iter().map(|b| *b as f64 * 8.0 / step).collect())
+        .collect();
+    let max = rates
+        .iter()
+        .map(|r| r.iter().sum::<f64>())
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{t}"><title>{t}</title><rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>"##,
+        t = escape(title)
+    );
+    // Y axis: five gridlines with bits/s labels.
+    for i in 0..=4 {
+        let v = max * f64::from(i) / 4.0;
+        let y = TOP + plot_h - plot_h * f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" font-family="sans-serif">{}bit/s</text>"##,
+            LEFT + plot_w,
+            LEFT - 6.0,
+            y + 4.0,
+            si(v)
+        );
+    }
+    let n = series.points.len().max(1) as f64;
+    let bar_w = (plot_w / n).max(1.0);
+    for (i, (point, rate)) in series.points.iter().zip(&rates).enumerate() {
+        let x = LEFT + bar_w * i as f64;
+        let mut y = TOP + plot_h;
+        for (k, r) in rate.iter().enumerate() {
+            let h = plot_h * r / max;
+            if h <= 0.0 {
+                continue;
+            }
+            y -= h;
+            let _ = write!(
+                svg,
+                r##"<rect x="{x:.2}" y="{y:.2}" width="{:.2}" height="{h:.2}" fill="{}"><title>{} {}: {}bit/s</title></rect>"##,
+                (bar_w - 0.5).max(0.5),
+                COLOURS[k % COLOURS.len()],
+                escape(&point.time),
+                escape(series.keys.get(k).map(String::as_str).unwrap_or("")),
+                si(*r)
+            );
+        }
+    }
+    // X axis: first, middle and last step.
+    let _ = write!(
+        svg,
+        r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333333"/>"##,
+        TOP + plot_h,
+        LEFT + plot_w,
+        TOP + plot_h
+    );
+    if !series.points.is_empty() {
+        let picks = [0, series.points.len() / 2, series.points.len() - 1];
+        for (j, i) in picks.iter().enumerate() {
+            let x = LEFT + bar_w * *i as f64;
+            let anchor = ["start", "middle", "end"][j];
+            let label = series.points[*i]
+                .time
+                .get(..16)
+                .unwrap_or("")
+                .replace('T', " ");
+            let _ = write!(
+                svg,
+                r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="{anchor}" font-family="sans-serif">{} UTC</text>"##,
+                if j == 2 { x + bar_w } else { x },
+                TOP + plot_h + 18.0,
+                escape(&label)
+            );
+        }
+    } else {
+        let _ = write!(
+            svg,
+            r##"<text x="{:.1}" y="{:.1}" font-size="14" text-anchor="middle" font-family="sans-serif">no traffic in this period</text>"##,
+            LEFT + plot_w / 2.0,
+            TOP + plot_h / 2.0
+        );
+    }
+    // Legend.
+    for (k, key) in series.keys.iter().enumerate().take(24) {
+        let y = TOP + 14.0 * k as f64;
+        let _ = write!(
+            svg,
+            r##"<rect x="{:.1}" y="{y:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="11" font-family="sans-serif">{}</text>"##,
+            LEFT + plot_w + 12.0,
+            COLOURS[k % COLOURS.len()],
+            LEFT + plot_w + 27.0,
+            y + 9.0,
+            escape(key)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::SeriesPoint;
+
+    #[test]
+    fn bars_stack_to_the_total_and_labels_are_escaped() {
+        let s = Series {
+            step_secs: 60,
+            keys: vec!["443".into(), "<other>".into()],
+            points: vec![SeriesPoint {
+                time: "2026-12-04T10:00:00+00:00".into(),
+                bytes: vec![750, 0],
+            }],
+        };
+        let svg = stacked_bits(&s, "t");
+        // 750 bytes in 60 s = 100 bit/s.
+        assert!(svg.contains("443: 100bit/s"), "{svg}");
+        assert!(
+            svg.contains("&lt;other&gt;") && !svg.contains("<other>"),
+            "{svg}"
+        );
+        assert_eq!(si(1_234_567.0), "1.23 M");
+    }
+}

@@ -1,0 +1,224 @@
+//! What a report page or API call asks for, from its URL query: scope (exporter,
+//! interface), report kind, direction, period, top N. All view state lives in the URL so
+//! links can be shared; this module parses it (every value hostile) and builds the
+//! links of the time navigator.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use clap::ValueEnum;
+use serde::Deserialize;
+
+use crate::collector::batch::Direction;
+use crate::report::{ReportBy, ReportQuery};
+
+/// The raw query string of a report view.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ViewParams {
+    pub by: Option<String>,
+    pub exporter: Option<String>,
+    pub interface: Option<String>,
+    pub direction: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub top: Option<String>,
+}
+
+/// A checked report view.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub by: ReportBy,
+    pub exporter: Option<String>,
+    pub interface: Option<String>,
+    pub direction: Direction,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub top: usize,
+}
+
+/// Periods of the zoom links.
+pub const ZOOMS: [(&str, i64); 5] = [
+    ("hour", 3600),
+    ("day", 86_400),
+    ("week", 7 * 86_400),
+    ("month", 30 * 86_400),
+    ("year", 365 * 86_400),
+];
+
+impl View {
+    pub fn parse(p: &ViewParams, now: DateTime<Utc>) -> Result<View, String> {
+        let by = match p.by.as_deref().filter(|s| !s.is_empty()) {
+            None => ReportBy::Total,
+            Some(s) => ReportBy::from_str(s, true).map_err(|_| {
+                format!("by={s:?}: expected total, exporter, interface, src-as, dst-as, src-ip, dst-ip, src-port, dst-port or proto")
+            })?,
+        };
+        let direction = match p.direction.as_deref().unwrap_or("in") {
+            "in" | "" => Direction::In,
+            "out" => Direction::Out,
+            other => return Err(format!("direction={other:?}: expected in or out")),
+        };
+        let parse = |s: Option<&str>, default: &str| {
+            crate::timespec::parse_time(s.filter(|s| !s.is_empty()).unwrap_or(default), now)
+                .map_err(|e| e.to_string())
+        };
+        let to = parse(p.to.as_deref(), "now")?;
+        let from = parse(p.from.as_deref(), "-1d")?;
+        if from >= to {
+            return Err("from must be before to".into());
+        }
+        if to - from > TimeDelta::days(3660) {
+            return Err("the period is limited to ten years".into());
+        }
+        let top = match p.top.as_deref().filter(|s| !s.is_empty()) {
+            None => 10,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| format!("top={s:?}: expected a number from 1 to 1000"))?,
+        };
+        let clean = |s: &Option<String>| {
+            s.as_ref()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty() && s.len() <= 255)
+        };
+        Ok(View {
+            by,
+            exporter: clean(&p.exporter),
+            interface: clean(&p.interface),
+            direction,
+            from,
+            to,
+            top,
+        })
+    }
+
+    pub fn query(&self, visible_to: Option<i32>) -> ReportQuery {
+        ReportQuery {
+            from: self.from,
+            to: self.to,
+            by: self.by,
+            exporter: self.exporter.clone(),
+            interface: self.interface.clone(),
+            direction: self.direction,
+            top: self.top,
+            visible_to,
+        }
+    }
+
+    /// The query string of this view with some fields changed.
+    pub fn link(&self, path: &str, change: impl FnOnce(&mut View)) -> String {
+        let mut v = self.clone();
+        change(&mut v);
+        let mut pairs = vec![("by", v.by.as_str().to_string())];
+        if let Some(e) = &v.exporter {
+            pairs.push(("exporter", e.clone()));
+        }
+        if let Some(i) = &v.interface {
+            pairs.push(("interface", i.clone()));
+        }
+        if v.direction == Direction::Out {
+            pairs.push(("direction", "out".into()));
+        }
+        pairs.push(("from", v.from.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+        pairs.push(("to", v.to.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+        pairs.push(("top", v.top.to_string()));
+        let qs: Vec<String> = pairs
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", encode(&v)))
+            .collect();
+        format!("{path}?{}", qs.join("&"))
+    }
+
+    /// Previous and next period of the same length.
+    pub fn shifted(&self, path: &str, forward: bool) -> String {
+        let span = self.to - self.from;
+        self.link(path, |v| {
+            if forward {
+                v.from += span;
+                v.to += span;
+            } else {
+                v.from -= span;
+                v.to -= span;
+            }
+        })
+    }
+
+    /// A period of `secs` ending where this one ends.
+    pub fn zoomed(&self, path: &str, secs: i64) -> String {
+        self.link(path, |v| v.from = v.to - TimeDelta::seconds(secs))
+    }
+}
+
+/// Percent-encoding for query values.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_parse_hostile_values_into_errors() {
+        let now = Utc::now();
+        for (p, want) in [
+            (
+                ViewParams {
+                    by: Some("bogus".into()),
+                    ..Default::default()
+                },
+                "by=",
+            ),
+            (
+                ViewParams {
+                    top: Some("0".into()),
+                    ..Default::default()
+                },
+                "top=",
+            ),
+            (
+                ViewParams {
+                    top: Some("1e9".into()),
+                    ..Default::default()
+                },
+                "top=",
+            ),
+            (
+                ViewParams {
+                    from: Some("-1h".into()),
+                    to: Some("-2h".into()),
+                    ..Default::default()
+                },
+                "before",
+            ),
+            (
+                ViewParams {
+                    direction: Some("up".into()),
+                    ..Default::default()
+                },
+                "direction",
+            ),
+            (
+                ViewParams {
+                    from: Some("yesterday-ish".into()),
+                    ..Default::default()
+                },
+                "cannot read time",
+            ),
+        ] {
+            let err = View::parse(&p, now).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+        let v = View::parse(&ViewParams::default(), now).unwrap();
+        assert_eq!((v.by, v.top), (ReportBy::Total, 10));
+        let next = v.shifted("/report", true);
+        assert!(next.starts_with("/report?by=total&from="), "{next}");
+    }
+}

@@ -16,6 +16,8 @@ command -v softflowd >/dev/null || need+=(softflowd)
 command -v nfcapd >/dev/null || need+=(nfdump)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "test.sh: missing packages: ${need[*]}; install them or run as root" >&2

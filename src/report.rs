@@ -278,26 +278,30 @@ pub async fn series(
     );
     let keys: Vec<String> = report.rows.iter().map(|r| r.key.clone()).collect();
     let other = keys.iter().position(|k| k == "other");
-    let mut points: Vec<SeriesPoint> = Vec::new();
-    let mut current: Option<i64> = None;
+    // Every step of the period is a point, traffic or not, so a graph's time axis is
+    // the period's.
+    let step = step_secs.max(60);
+    let first = floor_minute(q.from).timestamp().div_euclid(step) * step;
+    let end = floor_minute(q.to).timestamp();
+    let count = usize::try_from((end - first + step - 1).div_euclid(step)).unwrap_or(0);
+    let mut points: Vec<SeriesPoint> = (0..count.min(100_000))
+        .map(|i| SeriesPoint {
+            time: DateTime::from_timestamp(first + step * i as i64, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            bytes: vec![0; keys.len()],
+        })
+        .collect();
     for r in client.query(&sql, &refs).await? {
         let bucket: i64 = r.get(0);
         let k: Option<String> = r.get(1);
         let bytes = to_u64(r.get(2));
-        if current != Some(bucket) {
-            current = Some(bucket);
-            points.push(SeriesPoint {
-                time: DateTime::from_timestamp(bucket, 0)
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_default(),
-                bytes: vec![0; keys.len()],
-            });
-        }
+        let slot = usize::try_from((bucket - first).div_euclid(step)).ok();
         let index = k
             .as_ref()
             .and_then(|k| keys.iter().position(|x| x == k))
             .or(other);
-        if let (Some(i), Some(p)) = (index, points.last_mut()) {
+        if let (Some(i), Some(p)) = (index, slot.and_then(|s| points.get_mut(s))) {
             p.bytes[i] += bytes;
         }
     }

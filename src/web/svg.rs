@@ -14,8 +14,18 @@ const TOP: f64 = 20.0;
 const BOTTOM: f64 = 40.0;
 const COLOURS: [&str; 12] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-    "#9c755f", "#bab0ac", "#86bcb6", "#d37295",
+    "#9c755f", "#17becf", "#bcbd22", "#d37295",
 ];
+/// "other" is always grey, whatever its position.
+const OTHER: &str = "#bab0ac";
+
+fn colour(series: &Series, k: usize) -> &'static str {
+    if series.keys.get(k).is_some_and(|key| key == "other") {
+        OTHER
+    } else {
+        COLOURS[k % COLOURS.len()]
+    }
+}
 
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -35,7 +45,11 @@ pub fn si(v: f64) -> String {
         i += 1;
     }
     if i == 0 {
-        format!("{v:.0}")
+        if v.fract() == 0.0 || v.abs() >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.2}")
+        }
     } else {
         format!("{v:.2} {}", units[i])
     }
@@ -90,7 +104,7 @@ pub fn stacked_bits(series: &Series, title: &str) -> String {
                 svg,
                 r##"<rect x="{x:.2}" y="{y:.2}" width="{:.2}" height="{h:.2}" fill="{}"><title>{} {}: {}bit/s</title></rect>"##,
                 (bar_w - 0.5).max(0.5),
-                COLOURS[k % COLOURS.len()],
+                colour(series, k),
                 escape(&point.time),
                 escape(series.keys.get(k).map(String::as_str).unwrap_or("")),
                 si(*r)
@@ -138,7 +152,7 @@ pub fn stacked_bits(series: &Series, title: &str) -> String {
             svg,
             r##"<rect x="{:.1}" y="{y:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="11" font-family="sans-serif">{}</text>"##,
             LEFT + plot_w + 12.0,
-            COLOURS[k % COLOURS.len()],
+            colour(series, k),
             LEFT + plot_w + 27.0,
             y + 9.0,
             escape(key)

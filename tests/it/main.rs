@@ -5,6 +5,7 @@
 
 mod support;
 
+mod browser;
 mod captures;
 mod decode;
 mod end_to_end;

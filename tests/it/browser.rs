@@ -1,0 +1,234 @@
+//! A real browser: headless Chromium (Debian's `chromium` and `chromium-driver`) logs
+//! in, reads the dashboard, opens an exporter's interface report, moves the time
+//! navigator, drills down to an interface's ports, and exports the CSV; what it sees is
+//! checked against the generator's totals. Screenshots go to
+//! `target/test-artifacts/browser-*.png`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{ClientBuilder, Locator};
+use flowstage::encode::EncodeProtocol;
+use flowstage::gen::{self, GenOptions};
+
+use crate::support::{free_tcp_port, Collector, Pg};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = crate::support::sigterm_and_wait(&mut self.0);
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn chromium_logs_in_navigates_drills_down_and_exports() {
+    let (Some(chromium), Some(driver)) = (which("chromium"), which("chromedriver")) else {
+        eprintln!("skipping: chromium and chromedriver are not installed (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let pg = Pg::shared();
+    let (_db, url) = pg.create_database("browser");
+    let data = crate::support::data_dir("browser");
+    let collector = Collector::start(&url, data.path(), &[]);
+    let expected = gen::run(
+        &GenOptions {
+            seed: 11,
+            flows: 3000,
+            rate: Some(100_000),
+            exporters: 2,
+            first_source: 40,
+            // Finished minutes: pages end their period at the current minute's start.
+            age_secs: 150,
+            ..GenOptions::new(EncodeProtocol::V9, collector.target())
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert!(collector.terminate().0.success());
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("web.toml"),
+        "[site]\nname = \"browser-lab\"\n[web]\ntls = \"off\"\n",
+    )
+    .unwrap();
+    let web_port = free_tcp_port();
+    let _web = Killed(
+        Command::new(env!("CARGO_BIN_EXE_flowstage-web"))
+            .arg("--config")
+            .arg(dir.path().join("web.toml"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{web_port}"),
+                "--database",
+                &url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(web_port, "flowstage-web");
+    let mut add = Command::new(env!("CARGO_BIN_EXE_flowstage-setup"))
+        .args([
+            "--config",
+            "/dev/null",
+            "--database",
+            &url,
+            "users",
+            "add",
+            "noc",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(add.stdin.take().unwrap(), "browser password").unwrap();
+    }
+    assert!(add.wait().unwrap().success());
+
+    let driver_port = free_tcp_port();
+    let _driver = Killed(
+        Command::new(driver)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(driver_port, "chromedriver");
+    let base = format!("http://127.0.0.1:{web_port}");
+    let shots = artifacts();
+    let total_flows = expected.total.flows;
+
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let mut caps = serde_json::Map::new();
+            caps.insert(
+                "goog:chromeOptions".into(),
+                serde_json::json!({
+                    "binary": chromium,
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+                }),
+            );
+            // chromedriver speaks plain HTTP on loopback.
+            let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{driver_port}"))
+                .await
+                .expect("a chromedriver session");
+            let shot = |name: &'static str| {
+                let c = c.clone();
+                let path = shots.join(format!("browser-{name}.png"));
+                async move {
+                    let png = c.screenshot().await.unwrap();
+                    std::fs::write(path, png).unwrap();
+                }
+            };
+
+            // Logging in.
+            c.goto(&format!("{base}/")).await.unwrap();
+            assert!(c.current_url().await.unwrap().path().starts_with("/login"));
+            c.find(Locator::Css("input[name=user]")).await.unwrap().send_keys("noc").await.unwrap();
+            c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("browser password").await.unwrap();
+            shot("login").await;
+            c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+
+            // The dashboard: both exporters, a graph, the busiest interfaces.
+            let h1 = c.wait().for_element(Locator::Css("main h1")).await.unwrap();
+            assert_eq!(h1.text().await.unwrap(), "Last 24 hours");
+            let body = c.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+            assert!(body.contains("127.0.0.40") && body.contains("127.0.0.41"), "{body}");
+            let graph = c.find(Locator::Css("main img")).await.unwrap();
+            let loaded: bool = c
+                .execute("return arguments[0].complete && arguments[0].naturalWidth > 0", vec![serde_json::to_value(&graph).unwrap()])
+                .await
+                .unwrap()
+                .as_bool()
+                .unwrap_or(false);
+            assert!(loaded, "the dashboard graph did not render");
+            shot("dashboard").await;
+
+            // An exporter's interfaces, then the time navigator.
+            c.find(Locator::LinkText("127.0.0.40")).await.unwrap().click().await.unwrap();
+            let h1 = c.wait().for_element(Locator::Css("main h1")).await.unwrap();
+            assert_eq!(h1.text().await.unwrap(), "127.0.0.40 by interface");
+            shot("exporter").await;
+            let before = c.current_url().await.unwrap();
+            c.find(Locator::XPath("//a[contains(., 'previous')]")).await.unwrap().click().await.unwrap();
+            let after = c.current_url().await.unwrap();
+            assert_ne!(before, after);
+            let table = c.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+            assert!(!table.contains("127.0.0.40:"), "yesterday has no traffic: {table}");
+            c.find(Locator::XPath("//a[contains(., 'next')]")).await.unwrap().click().await.unwrap();
+            assert_eq!(c.current_url().await.unwrap(), before);
+
+            // Drill down from an interface to its destination ports.
+            let first = c.find(Locator::Css("tbody td a")).await.unwrap();
+            let interface = first.text().await.unwrap();
+            first.click().await.unwrap();
+            let h1 = c.wait().for_element(Locator::Css("main h1")).await.unwrap();
+            let heading = h1.text().await.unwrap();
+            let ifindex = interface.rsplit(':').next().unwrap();
+            assert_eq!(heading, format!("127.0.0.40 interface {ifindex} by dst-port"));
+            shot("interface").await;
+
+            // CSV export of the whole period by exporter: the flows add up to what was sent.
+            c.goto(&format!("{base}/report?by=exporter&from=-1d&to=%2B1h&top=50")).await.unwrap();
+            let csv_link = c.find(Locator::LinkText("CSV")).await.unwrap().attr("href").await.unwrap().unwrap();
+            let csv: String = c
+                .execute_async(
+                    "const done = arguments[arguments.length - 1]; fetch(arguments[0]).then(r => r.text()).then(done);",
+                    vec![serde_json::Value::String(csv_link)],
+                )
+                .await
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+            let flows_col = header.iter().position(|h| *h == "flows").expect("a flows column");
+            let flows: u64 = csv
+                .lines()
+                .skip(1)
+                .filter(|l| !l.starts_with("total"))
+                .map(|l| l.split(',').nth(flows_col).unwrap().parse::<u64>().unwrap())
+                .sum();
+            assert_eq!(flows, total_flows, "{csv}");
+            shot("report").await;
+            c.close().await.unwrap();
+        });
+}

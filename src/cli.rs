@@ -109,6 +109,9 @@ pub struct ReportArgs {
     /// Interface ifIndex or name.
     #[arg(long)]
     pub interface: Option<String>,
+    /// Only the interfaces of this interface group.
+    #[arg(long)]
+    pub group: Option<String>,
     /// Count flows on their input (in) or output (out) interface.
     #[arg(long, value_enum, default_value = "in")]
     pub direction: DirectionArg,
@@ -218,6 +221,7 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                 by: a.by,
                 exporter: a.exporter,
                 interface: a.interface,
+                group: a.group,
                 direction: match a.direction {
                     DirectionArg::In => Direction::In,
                     DirectionArg::Out => Direction::Out,

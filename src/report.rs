@@ -81,6 +81,8 @@ pub struct ReportQuery {
     pub exporter: Option<String>,
     /// ifIndex, or interface name/description.
     pub interface: Option<String>,
+    /// An interface group's name: only its members.
+    pub group: Option<String>,
     pub direction: Direction,
     pub top: usize,
     /// Only interfaces this user may see (`flowstage_visible_interfaces`); None for
@@ -143,6 +145,14 @@ fn filter(q: &ReportQuery) -> (String, Params) {
                 params.len()
             );
         }
+    }
+    if let Some(g) = &q.group {
+        params.push(Box::new(g.clone()));
+        let _ = write!(
+            filter,
+            " AND (t.exporter_id, t.ifindex) IN (SELECT m.exporter_id, m.ifindex FROM interface_group_members m JOIN interface_groups g ON g.id = m.group_id WHERE g.name = ${})",
+            params.len()
+        );
     }
     if let Some(uid) = q.visible_to {
         params.push(Box::new(uid));

@@ -21,6 +21,8 @@ pub enum UserError {
     UnknownGroup(String),
     #[error("description pattern {0:?} is not a valid regular expression: {1}")]
     InvalidRegex(String, String),
+    #[error("no interface {0:?} (exporter address or name, and ifIndex, as seen in flows)")]
+    NoInterface(String),
     #[error("user {user:?} has no grant {id}")]
     NoSuchGrant { user: String, id: i32 },
     #[error("password: {0}")]
@@ -371,6 +373,78 @@ pub async fn list(client: &Client) -> Result<Vec<UserInfo>, UserError> {
         });
     }
     Ok(out)
+}
+
+/// Create an interface group (several interfaces shown as one link or customer).
+pub async fn group_add(
+    client: &Client,
+    actor: &str,
+    name: &str,
+    description: &str,
+) -> Result<(), UserError> {
+    if name.trim().is_empty() || name.len() > 64 {
+        return Err(UserError::UnknownGroup(name.to_string()));
+    }
+    client
+        .execute(
+            "INSERT INTO interface_groups (name, description) VALUES ($1, NULLIF($2, ''))
+             ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description",
+            &[&name.trim(), &description],
+        )
+        .await?;
+    audit(client, actor, "group.add", name, description).await
+}
+
+/// Add an interface (exporter address or name, ifIndex) to a group.
+pub async fn group_member_add(
+    client: &Client,
+    actor: &str,
+    group: &str,
+    exporter: &str,
+    ifindex: i64,
+) -> Result<(), UserError> {
+    let known: i64 = client
+        .query_one(
+            "SELECT count(*) FROM interface_groups WHERE name = $1",
+            &[&group],
+        )
+        .await?
+        .get(0);
+    if known == 0 {
+        return Err(UserError::UnknownGroup(group.to_string()));
+    }
+    let interface: i64 = client
+        .query_one(
+            "SELECT count(*) FROM interfaces i JOIN exporters e ON e.id = i.exporter_id
+             WHERE (e.name = $1 OR host(e.address) = $1) AND i.ifindex = $2",
+            &[&exporter, &ifindex],
+        )
+        .await?
+        .get(0);
+    if interface == 0 {
+        return Err(UserError::NoInterface(format!("{exporter}:{ifindex}")));
+    }
+    let n = client
+        .execute(
+            "INSERT INTO interface_group_members (group_id, exporter_id, ifindex)
+             SELECT g.id, i.exporter_id, i.ifindex
+             FROM interface_groups g, interfaces i JOIN exporters e ON e.id = i.exporter_id
+             WHERE g.name = $1 AND (e.name = $2 OR host(e.address) = $2) AND i.ifindex = $3
+             ON CONFLICT DO NOTHING",
+            &[&group, &exporter, &ifindex],
+        )
+        .await?;
+    if n > 0 {
+        audit(
+            client,
+            actor,
+            "group.member",
+            group,
+            &format!("{exporter}:{ifindex}"),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Create the first admin (`admin`) with a generated password if there is no admin

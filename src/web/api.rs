@@ -120,11 +120,12 @@ async fn view_report(
 ) -> Result<(View, report::Report, Arc<Client>), WebError> {
     let view = View::parse(params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
     let client = state.client().await?;
-    check_scope(
+    super::check_scope_in_group(
         &client,
         who,
         view.exporter.as_deref(),
         view.interface.as_deref(),
+        view.group.as_deref(),
     )
     .await?;
     let r = report::run(&client, &view.query(restriction(who))).await?;

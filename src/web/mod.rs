@@ -3,6 +3,7 @@
 //! query code as `flowstage-collector report` and the same access checks: a user sees
 //! only the interfaces the database says they may (`flowstage_visible_interfaces`).
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod pages;
@@ -95,12 +96,6 @@ pub enum WebError {
 impl From<anyhow::Error> for WebError {
     fn from(e: anyhow::Error) -> Self {
         WebError::Internal(e)
-    }
-}
-
-impl From<crate::users::UserError> for WebError {
-    fn from(e: crate::users::UserError) -> Self {
-        WebError::Internal(e.into())
     }
 }
 
@@ -240,6 +235,17 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/report.csv", get(pages::report_csv))
         .route("/graph.svg", get(pages::graph_svg))
         .route("/static/style.css", get(pages::stylesheet))
+        .route("/admin/users", get(admin::users_page))
+        .route("/admin/users/add", post(admin::add_user))
+        .route("/admin/users/disable", post(admin::disable_user))
+        .route("/admin/users/enable", post(admin::enable_user))
+        .route("/admin/grants/add", post(admin::add_grant))
+        .route("/admin/grants/revoke", post(admin::revoke_grant))
+        .route("/admin/tokens/add", post(admin::add_token))
+        .route("/admin/groups", get(admin::groups_page))
+        .route("/admin/groups/add", post(admin::add_group))
+        .route("/admin/groups/member", post(admin::add_member))
+        .route("/admin/audit", get(admin::audit_page))
         .route("/healthz", get(healthz))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/api/v1/me", get(api::me))
@@ -385,6 +391,33 @@ pub async fn check_scope(
     exporter: Option<&str>,
     interface: Option<&str>,
 ) -> Result<(), WebError> {
+    check_scope_in_group(client, who, exporter, interface, None).await
+}
+
+/// [`check_scope`] with an interface group as part of the scope.
+pub async fn check_scope_in_group(
+    client: &Client,
+    who: &Identity,
+    exporter: Option<&str>,
+    interface: Option<&str>,
+    group: Option<&str>,
+) -> Result<(), WebError> {
+    if let Some(g) = group {
+        let members: i64 = client
+            .query_one(
+                "SELECT count(*) FROM interface_group_members m
+                 JOIN interface_groups g ON g.id = m.group_id
+                 WHERE g.name = $1
+                   AND ($2::int IS NULL OR (m.exporter_id, m.ifindex) IN
+                        (SELECT v.exporter_id, v.ifindex FROM flowstage_visible_interfaces($2) v))",
+                &[&g, &restriction(who)],
+            )
+            .await?
+            .get(0);
+        if members == 0 {
+            return Err(WebError::NotFound("no such interface group for you".into()));
+        }
+    }
     if who.role == crate::users::Role::Admin || (exporter.is_none() && interface.is_none()) {
         return Ok(());
     }

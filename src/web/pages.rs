@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::auth::{self, Identity};
 use super::svg::{escape, si};
 use super::view::{View, ViewParams, ZOOMS};
-use super::{check_scope, restriction, AppState, PageUser, WebError};
+use super::{restriction, AppState, PageUser, WebError};
 use crate::report::{self, ReportBy};
 
 const STYLE: &str = "body{font-family:sans-serif;margin:0;color:#222}header{background:#24405e;color:#fff;padding:.5em 1em;display:flex;gap:1.5em;align-items:center}header a{color:#fff}header form{margin-left:auto}main{padding:1em}table{border-collapse:collapse;margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:.25em .75em;text-align:right}td:first-child,th:first-child{text-align:left}.nav a{margin-right:.75em}.error{color:#a00}form.view label{margin-right:1em}";
@@ -27,10 +27,15 @@ pub async fn stylesheet() -> Response {
         .into_response()
 }
 
-fn layout(title: &str, who: Option<&Identity>, site: &str, body: &str) -> Html<String> {
+pub fn layout(title: &str, who: Option<&Identity>, site: &str, body: &str) -> Html<String> {
     let nav = match who {
         Some(w) => format!(
-            "<a href=\"/\">Dashboard</a><a href=\"/report\">Reports</a><span>{} ({})</span><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Log out</button></form>",
+            "<a href=\"/\">Dashboard</a><a href=\"/report\">Reports</a>{}<span>{} ({})</span><form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Log out</button></form>",
+            if w.role == crate::users::Role::Admin {
+                "<a href=\"/admin/users\">Admin</a>"
+            } else {
+                ""
+            },
             escape(&w.name),
             w.role.as_str(),
             escape(&w.csrf)
@@ -269,11 +274,12 @@ async fn run_view(
 ) -> Result<(View, report::Report), WebError> {
     let view = View::parse(params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
     let client = state.client().await?;
-    check_scope(
+    super::check_scope_in_group(
         &client,
         who,
         view.exporter.as_deref(),
         view.interface.as_deref(),
+        view.group.as_deref(),
     )
     .await?;
     let r = report::run(&client, &view.query(restriction(who))).await?;
@@ -287,9 +293,10 @@ pub async fn report(
 ) -> Result<Response, WebError> {
     let (view, r) = run_view(&state, &who, &params).await?;
     let mut body = String::new();
-    let scope = match (&view.exporter, &view.interface) {
-        (Some(e), Some(i)) => format!("{e} interface {i}"),
-        (Some(e), None) => e.clone(),
+    let scope = match (&view.group, &view.exporter, &view.interface) {
+        (Some(g), _, _) => format!("group {g}"),
+        (None, Some(e), Some(i)) => format!("{e} interface {i}"),
+        (None, Some(e), None) => e.clone(),
         _ => "all visible interfaces".to_string(),
     };
     let _ = write!(

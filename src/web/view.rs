@@ -16,6 +16,7 @@ pub struct ViewParams {
     pub by: Option<String>,
     pub exporter: Option<String>,
     pub interface: Option<String>,
+    pub group: Option<String>,
     pub direction: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
@@ -28,6 +29,7 @@ pub struct View {
     pub by: ReportBy,
     pub exporter: Option<String>,
     pub interface: Option<String>,
+    pub group: Option<String>,
     pub direction: Direction,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -85,6 +87,7 @@ impl View {
             by,
             exporter: clean(&p.exporter),
             interface: clean(&p.interface),
+            group: clean(&p.group),
             direction,
             from,
             to,
@@ -99,6 +102,7 @@ impl View {
             by: self.by,
             exporter: self.exporter.clone(),
             interface: self.interface.clone(),
+            group: self.group.clone(),
             direction: self.direction,
             top: self.top,
             visible_to,
@@ -115,6 +119,9 @@ impl View {
         }
         if let Some(i) = &v.interface {
             pairs.push(("interface", i.clone()));
+        }
+        if let Some(g) = &v.group {
+            pairs.push(("group", g.clone()));
         }
         if v.direction == Direction::Out {
             pairs.push(("direction", "out".into()));

@@ -616,3 +616,231 @@ fn numbers_and_authorization_matrix() {
         );
     }
 }
+
+#[test]
+fn admin_pages_manage_users_groups_grants_and_tokens() {
+    let pg = Pg::shared();
+    let (db, url) = pg.create_database("web_admin");
+    let data = crate::support::data_dir("web_admin");
+    let collector = Collector::start(&url, data.path(), &[]);
+    let expected = gen::run(
+        &GenOptions {
+            seed: 9,
+            flows: 3000,
+            rate: Some(100_000),
+            exporters: 2,
+            first_source: 50,
+            ..GenOptions::new(EncodeProtocol::Ipfix, collector.target())
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert!(collector.terminate().0.success());
+    let by_interface = expected_rows(&expected, "interface");
+    let members = ["127.0.0.50:1", "127.0.0.51:2"];
+    for m in members {
+        assert!(by_interface.contains_key(m), "{m} not in {by_interface:?}");
+    }
+
+    let (_web, port, _dir) = start("[web]\ntls = \"off\"\n", &url);
+    let base = format!("http://127.0.0.1:{port}");
+    add_user(&url, "boss", "admin", "admin password 2");
+    add_user(&url, "peek", "viewer", "viewer password 2");
+    let admin = login(&base, "boss", "admin password 2").unwrap();
+    let page = get(&format!("{base}/admin/users"), Some(&admin));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = form_value(&page.body, "csrf");
+    let post = |path: &str, form: &str, cookie: &str| {
+        request(
+            "POST",
+            &format!("{base}{path}"),
+            Some(cookie),
+            Some(form),
+            None,
+        )
+    };
+
+    // Without the CSRF token nothing changes.
+    let r = post(
+        "/admin/users/add",
+        "csrf=wrong&user=cust&role=viewer&password=a+long+password",
+        &admin,
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM users WHERE name = 'cust'"),
+        "0"
+    );
+    for (path, form) in [
+        (
+            "/admin/users/add",
+            format!("csrf={csrf}&user=cust&role=viewer&password=customer+password"),
+        ),
+        (
+            "/admin/groups/add",
+            format!("csrf={csrf}&name=acme&description=ACME+links"),
+        ),
+        (
+            "/admin/groups/member",
+            format!("csrf={csrf}&group=acme&exporter=127.0.0.50&interface=1"),
+        ),
+        (
+            "/admin/groups/member",
+            format!("csrf={csrf}&group=acme&exporter=127.0.0.51&interface=2"),
+        ),
+        (
+            "/admin/grants/add",
+            format!("csrf={csrf}&user=cust&group=acme"),
+        ),
+    ] {
+        let r = post(path, &form, &admin);
+        assert_eq!(r.status, 303, "{path}: {}", r.body);
+    }
+    // Mistakes come back as 400 with the reason, not as a 500.
+    let r = post(
+        "/admin/groups/member",
+        &format!("csrf={csrf}&group=acme&exporter=127.0.0.50&interface=999"),
+        &admin,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("127.0.0.50:999"), "{}", r.body);
+    let r = post(
+        "/admin/grants/add",
+        &format!("csrf={csrf}&user=cust&exporter=x&group=acme"),
+        &admin,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // The customer sees exactly the group's interfaces, with the generator's numbers.
+    let cust = login(&base, "cust", "customer password").unwrap();
+    let period = "from=-1d&to=%2B1h";
+    let v = get(
+        &format!("{base}/api/v1/report?by=interface&top=100&{period}"),
+        Some(&cust),
+    )
+    .json();
+    let rows: std::collections::BTreeMap<String, u64> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_string(),
+                r["flows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeMap<String, u64> = members
+        .iter()
+        .map(|m| (m.to_string(), by_interface[*m].2))
+        .collect();
+    assert_eq!(rows, want);
+    let g = get(
+        &format!("{base}/api/v1/report?group=acme&{period}"),
+        Some(&cust),
+    )
+    .json();
+    assert_eq!(
+        g["total"]["flows"].as_u64().unwrap(),
+        want.values().sum::<u64>()
+    );
+    let page = get(
+        &format!("{base}/report?group=acme&by=dst-port&{period}"),
+        Some(&cust),
+    );
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("group acme by dst-port"),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        get(
+            &format!("{base}/api/v1/report?group=nosuch&{period}"),
+            Some(&cust)
+        )
+        .status,
+        404
+    );
+
+    // Viewers get no admin pages and cannot post admin forms.
+    let peek = login(&base, "peek", "viewer password 2").unwrap();
+    assert_eq!(get(&format!("{base}/admin/users"), Some(&peek)).status, 403);
+    assert_eq!(get(&format!("{base}/admin/audit"), Some(&peek)).status, 403);
+    assert_eq!(
+        get(&format!("{base}/admin/groups"), Some(&peek)).status,
+        403
+    );
+    let peek_csrf = form_value(&get(&format!("{base}/"), Some(&peek)).body, "csrf");
+    let r = post(
+        "/admin/grants/add",
+        &format!("csrf={peek_csrf}&user=peek&all=1"),
+        &peek,
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM user_grants g JOIN users u ON u.id = g.user_id WHERE u.name = 'peek'"), "0");
+
+    // A token made on the admin page works for the API, shown once.
+    let r = post(
+        "/admin/tokens/add",
+        &format!("csrf={csrf}&user=cust&name=cron"),
+        &admin,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = r
+        .body
+        .split("<code id=\"token\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    let me = request(
+        "GET",
+        &format!("{base}/api/v1/me"),
+        None,
+        None,
+        Some(&token),
+    )
+    .json();
+    assert_eq!(me["name"], "cust");
+
+    // Disabling ends the user's sessions at once.
+    assert_eq!(
+        post(
+            "/admin/users/disable",
+            &format!("csrf={csrf}&user=cust"),
+            &admin
+        )
+        .status,
+        303
+    );
+    assert_eq!(get(&format!("{base}/"), Some(&cust)).status, 303);
+    assert_eq!(
+        request(
+            "GET",
+            &format!("{base}/api/v1/me"),
+            None,
+            None,
+            Some(&token)
+        )
+        .status,
+        401
+    );
+    let audit = get(&format!("{base}/admin/audit"), Some(&admin));
+    for action in [
+        "user.add",
+        "group.add",
+        "group.member",
+        "grant.add",
+        "token.add",
+        "user.disable",
+    ] {
+        assert!(
+            audit.body.contains(action),
+            "{action} missing from the audit page"
+        );
+    }
+    assert!(audit.body.contains("web:boss"));
+}

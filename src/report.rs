@@ -229,11 +229,31 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
     })
 }
 
+/// What a series counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    Bytes,
+    Packets,
+    Flows,
+}
+
+impl Measure {
+    fn column(self) -> &'static str {
+        match self {
+            Measure::Bytes => "bytes",
+            Measure::Packets => "packets",
+            Measure::Flows => "flows",
+        }
+    }
+}
+
 /// Traffic over time for a report's rows: one value per row key (and "other") per
 /// step, so graphs stack to the report's totals.
 #[derive(Debug, Clone, Serialize)]
 pub struct Series {
     pub step_secs: i64,
+    pub measure: Measure,
     pub keys: Vec<String>,
     pub points: Vec<SeriesPoint>,
 }
@@ -242,8 +262,8 @@ pub struct Series {
 pub struct SeriesPoint {
     /// Start of the step, RFC 3339.
     pub time: String,
-    /// Bytes per key, in the order of `keys`.
-    pub bytes: Vec<u64>,
+    /// The measure per key, in the order of `keys`.
+    pub values: Vec<u64>,
 }
 
 /// The step for about `points` points over a period: whole minutes, at least one.
@@ -271,6 +291,7 @@ pub async fn series(
     q: &ReportQuery,
     report: &Report,
     step_secs: i64,
+    measure: Measure,
 ) -> anyhow::Result<Series> {
     let (table, key, extra) = q.by.source();
     let (filter, mut params) = filter(q);
@@ -280,9 +301,10 @@ pub async fn series(
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
+    let column = measure.column();
     let sql = format!(
         "SELECT (extract(epoch FROM t.minute)::bigint / ${step_param}) * ${step_param} AS b,
-                {key} AS k, sum(t.bytes)::bigint
+                {key} AS k, sum(t.{column})::bigint
          FROM {table} t JOIN exporters e ON e.id = t.exporter_id
          WHERE {filter} {extra} GROUP BY 1, 2 ORDER BY 1"
     );
@@ -299,7 +321,7 @@ pub async fn series(
             time: DateTime::from_timestamp(first + step * i as i64, 0)
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default(),
-            bytes: vec![0; keys.len()],
+            values: vec![0; keys.len()],
         })
         .collect();
     for r in client.query(&sql, &refs).await? {
@@ -312,11 +334,12 @@ pub async fn series(
             .and_then(|k| keys.iter().position(|x| x == k))
             .or(other);
         if let (Some(i), Some(p)) = (index, slot.and_then(|s| points.get_mut(s))) {
-            p.bytes[i] += bytes;
+            p.values[i] += bytes;
         }
     }
     Ok(Series {
         step_secs,
+        measure,
         keys,
         points,
     })

@@ -163,7 +163,7 @@ pub async fn series(
     };
     let (view, r, client) = view_report(&state, &who, &q.view).await?;
     let step = report::step_for(view.from, view.to, points);
-    let s = report::series(&client, &view.query(restriction(&who)), &r, step).await?;
+    let s = report::series(&client, &view.query(restriction(&who)), &r, step, view.unit).await?;
     Ok(Json(s).into_response())
 }
 

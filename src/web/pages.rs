@@ -216,10 +216,31 @@ fn bits_per_second(bytes: u64, view: &View) -> f64 {
     bytes as f64 * 8.0 / secs
 }
 
-fn report_table(view: &View, r: &report::Report) -> String {
+/// Change against the previous period, e.g. "+12.5 %" or "new".
+fn change(now: u64, before: Option<u64>) -> String {
+    match before {
+        None | Some(0) if now > 0 => "new".into(),
+        None | Some(0) => "".into(),
+        Some(b) => format!("{:+.1} %", 100.0 * (now as f64 - b as f64) / b as f64),
+    }
+}
+
+fn report_table(view: &View, r: &report::Report, previous: Option<&report::Report>) -> String {
     let mut t = String::from(
-        "<table><thead><tr><th>key</th><th>avg bit/s</th><th>bytes</th><th>packets</th><th>flows</th><th>% of bytes</th></tr></thead><tbody>",
+        "<table><thead><tr><th>key</th><th>avg bit/s</th><th>bytes</th><th>packets</th><th>flows</th><th>% of bytes</th>",
     );
+    if previous.is_some() {
+        t.push_str("<th>bytes, previous period</th><th>change</th>");
+    }
+    t.push_str("</tr></thead><tbody>");
+    let before = |key: &str| {
+        previous.map(|p| {
+            p.rows
+                .iter()
+                .find(|row| row.key == key)
+                .map_or(0, |row| row.bytes)
+        })
+    };
     let total = r.total.bytes.max(1) as f64;
     for row in &r.rows {
         // Drill down: an exporter to its interfaces, an interface to its ports.
@@ -248,22 +269,35 @@ fn report_table(view: &View, r: &report::Report) -> String {
         };
         let _ = write!(
             t,
-            "<tr><td>{key}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
+            "<tr><td>{key}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td>",
             si(bits_per_second(row.bytes, view)),
             row.bytes,
             row.packets,
             row.flows,
             100.0 * row.bytes as f64 / total
         );
+        if let Some(b) = before(&row.key) {
+            let _ = write!(t, "<td>{b}</td><td>{}</td>", change(row.bytes, Some(b)));
+        }
+        t.push_str("</tr>");
     }
     let _ = write!(
         t,
-        "</tbody><tfoot><tr><th>total</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>100</th></tr></tfoot></table>",
+        "</tbody><tfoot><tr><th>total</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>100</th>",
         si(bits_per_second(r.total.bytes, view)),
         r.total.bytes,
         r.total.packets,
         r.total.flows
     );
+    if let Some(p) = previous {
+        let _ = write!(
+            t,
+            "<th>{}</th><th>{}</th>",
+            p.total.bytes,
+            change(r.total.bytes, Some(p.total.bytes))
+        );
+    }
+    t.push_str("</tr></tfoot></table>");
     t
 }
 
@@ -345,6 +379,17 @@ pub async fn report(
             by.as_str()
         );
     }
+    for (label, unit) in [
+        ("bit/s", crate::report::Measure::Bytes),
+        ("pkt/s", crate::report::Measure::Packets),
+        ("flows/s", crate::report::Measure::Flows),
+    ] {
+        let _ = write!(
+            body,
+            "<a href=\"{}\">{label}</a>",
+            escape(&view.link("/report", |v| v.unit = unit))
+        );
+    }
     let _ = write!(
         body,
         "<a href=\"{}\">CSV</a><a href=\"{}\">SVG</a></p>",
@@ -357,7 +402,14 @@ pub async fn report(
         escape(&view.link("/graph.svg", |_| {})),
         view.by.as_str()
     );
-    body.push_str(&report_table(&view, &r));
+    // The same report for the period just before, for the change column.
+    let client = state.client().await?;
+    let span = view.to - view.from;
+    let mut earlier = view.query(restriction(&who));
+    earlier.from -= span;
+    earlier.to -= span;
+    let previous = report::run(&client, &earlier).await?;
+    body.push_str(&report_table(&view, &r, Some(&previous)));
     Ok(layout(
         &format!("{scope} by {}", view.by.as_str()),
         Some(&who),
@@ -400,8 +452,8 @@ pub async fn graph_svg(
     let (view, r) = run_view(&state, &who, &params).await?;
     let client = state.client().await?;
     let step = report::step_for(view.from, view.to, 120);
-    let s = report::series(&client, &view.query(restriction(&who)), &r, step).await?;
-    let title = format!("bit/s by {}", view.by.as_str());
+    let s = report::series(&client, &view.query(restriction(&who)), &r, step, view.unit).await?;
+    let title = format!("{} by {}", super::svg::unit_of(&s).0, view.by.as_str());
     Ok((
         [(header::CONTENT_TYPE, "image/svg+xml")],
         super::svg::stacked_bits(&s, &title),
@@ -454,6 +506,6 @@ pub async fn dashboard(
         ..day.clone()
     };
     let r = report::run(&client, &busiest.query(restrict)).await?;
-    body.push_str(&report_table(&busiest, &r));
+    body.push_str(&report_table(&busiest, &r, None));
     Ok(layout("Dashboard", Some(&who), &state.site, &body).into_response())
 }

@@ -55,15 +55,25 @@ pub fn si(v: f64) -> String {
     }
 }
 
-/// A stacked bar graph of bits per second.
+/// The rate unit of a series: bytes become bit/s, packets pkt/s, flows flows/s.
+pub fn unit_of(series: &Series) -> (&'static str, f64) {
+    match series.measure {
+        crate::report::Measure::Bytes => ("bit/s", 8.0),
+        crate::report::Measure::Packets => ("pkt/s", 1.0),
+        crate::report::Measure::Flows => ("flows/s", 1.0),
+    }
+}
+
+/// A stacked bar graph of the series' rate per step.
 pub fn stacked_bits(series: &Series, title: &str) -> String {
+    let (unit, factor) = unit_of(series);
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let step = series.step_secs.max(1) as f64;
     let rates: Vec<Vec<f64>> = series
         .points
         .iter()
-        .map(|p| p.bytes.iter().map(|b| *b as f64 * 8.0 / step).collect())
+        .map(|p| p.values.iter().map(|b| *b as f64 * factor / step).collect())
         .collect();
     let max = rates
         .iter()
@@ -82,7 +92,7 @@ pub fn stacked_bits(series: &Series, title: &str) -> String {
         let y = TOP + plot_h - plot_h * f64::from(i) / 4.0;
         let _ = write!(
             svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" font-family="sans-serif">{}bit/s</text>"##,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" font-family="sans-serif">{}{unit}</text>"##,
             LEFT + plot_w,
             LEFT - 6.0,
             y + 4.0,
@@ -102,7 +112,7 @@ pub fn stacked_bits(series: &Series, title: &str) -> String {
             y -= h;
             let _ = write!(
                 svg,
-                r##"<rect x="{x:.2}" y="{y:.2}" width="{:.2}" height="{h:.2}" fill="{}"><title>{} {}: {}bit/s</title></rect>"##,
+                r##"<rect x="{x:.2}" y="{y:.2}" width="{:.2}" height="{h:.2}" fill="{}"><title>{} {}: {}{unit}</title></rect>"##,
                 (bar_w - 0.5).max(0.5),
                 colour(series, k),
                 escape(&point.time),
@@ -171,10 +181,11 @@ mod tests {
     fn bars_stack_to_the_total_and_labels_are_escaped() {
         let s = Series {
             step_secs: 60,
+            measure: crate::report::Measure::Bytes,
             keys: vec!["443".into(), "<other>".into()],
             points: vec![SeriesPoint {
                 time: "2026-12-04T10:00:00+00:00".into(),
-                bytes: vec![750, 0],
+                values: vec![750, 0],
             }],
         };
         let svg = stacked_bits(&s, "t");

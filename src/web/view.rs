@@ -21,6 +21,8 @@ pub struct ViewParams {
     pub from: Option<String>,
     pub to: Option<String>,
     pub top: Option<String>,
+    /// Graph unit: bits (default), packets or flows per second.
+    pub unit: Option<String>,
 }
 
 /// A checked report view.
@@ -34,6 +36,7 @@ pub struct View {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub top: usize,
+    pub unit: crate::report::Measure,
 }
 
 /// Periods of the zoom links.
@@ -78,6 +81,12 @@ impl View {
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| format!("top={s:?}: expected a number from 1 to 1000"))?,
         };
+        let unit = match p.unit.as_deref().unwrap_or("") {
+            "" | "bits" => crate::report::Measure::Bytes,
+            "packets" => crate::report::Measure::Packets,
+            "flows" => crate::report::Measure::Flows,
+            other => return Err(format!("unit={other:?}: expected bits, packets or flows")),
+        };
         let clean = |s: &Option<String>| {
             s.as_ref()
                 .map(|s| s.trim().to_string())
@@ -92,6 +101,7 @@ impl View {
             from,
             to,
             top,
+            unit,
         })
     }
 
@@ -129,6 +139,11 @@ impl View {
         pairs.push(("from", v.from.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
         pairs.push(("to", v.to.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
         pairs.push(("top", v.top.to_string()));
+        match v.unit {
+            crate::report::Measure::Bytes => {}
+            crate::report::Measure::Packets => pairs.push(("unit", "packets".into())),
+            crate::report::Measure::Flows => pairs.push(("unit", "flows".into())),
+        }
         let qs: Vec<String> = pairs
             .into_iter()
             .map(|(k, v)| format!("{k}={}", encode(&v)))

@@ -464,7 +464,7 @@ fn numbers_and_authorization_matrix() {
         .unwrap()
         .iter()
         .flat_map(|p| {
-            p["bytes"]
+            p["values"]
                 .as_array()
                 .unwrap()
                 .iter()
@@ -472,6 +472,25 @@ fn numbers_and_authorization_matrix() {
         })
         .sum();
     assert_eq!(stacked, expected.total.bytes, "{s}");
+    let p = get(
+        &format!("{base}/api/v1/series?by=proto&unit=packets&{period}"),
+        Some(&admin),
+    )
+    .json();
+    assert_eq!(p["measure"], "packets");
+    let packets: u64 = p["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap())
+        })
+        .sum();
+    assert_eq!(packets, expected.total.packets);
     let svg = get(
         &format!("{base}/graph.svg?by=exporter&{period}"),
         Some(&admin),

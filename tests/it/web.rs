@@ -514,6 +514,9 @@ fn numbers_and_authorization_matrix() {
         !page.body.contains(hidden),
         "the hidden exporter leaked into the page"
     );
+    // Compared with the day before, which had no traffic.
+    assert!(page.body.contains("<th>bytes, previous period</th>"));
+    assert!(page.body.contains("<td>new</td>"), "{}", page.body);
     let csv = get(
         &format!("{base}/report.csv?by=exporter&{period}"),
         Some(&viewer),

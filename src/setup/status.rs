@@ -154,17 +154,18 @@ fn service_checks(ctx: &Context<'_>) -> Vec<Check> {
     checks
 }
 
-#[derive(Debug, Default)]
-struct ExporterCounters {
-    packets: u64,
-    flows: u64,
-    lost: u64,
-    errors: u64,
-    last_seen: u64,
+/// One exporter's counters as the collector exports them.
+#[derive(Debug, Default, Clone)]
+pub struct ExporterCounters {
+    pub packets: u64,
+    pub flows: u64,
+    pub lost: u64,
+    pub errors: u64,
+    pub last_seen: u64,
 }
 
 /// Per-exporter counters from the collector's Prometheus text.
-fn parse_metrics(text: &str) -> BTreeMap<String, ExporterCounters> {
+pub fn parse_metrics(text: &str) -> BTreeMap<String, ExporterCounters> {
     let mut out: BTreeMap<String, ExporterCounters> = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {

@@ -24,6 +24,18 @@ impl From<UserError> for WebError {
     }
 }
 
+/// Form text goes into SQL parameters: PostgreSQL refuses NUL, and none of these
+/// values has a use for control characters.
+fn plain<'a>(field: &str, value: &'a str) -> Result<&'a str, WebError> {
+    if value.len() > 1024 || value.chars().any(char::is_control) {
+        Err(WebError::BadRequest(format!(
+            "{field}: at most 1024 characters, without control characters"
+        )))
+    } else {
+        Ok(value.trim())
+    }
+}
+
 fn require_admin(who: &Identity) -> Result<(), WebError> {
     if who.role == Role::Admin {
         Ok(())
@@ -112,7 +124,14 @@ pub async fn add_user(
     check_csrf(&who, &f.csrf)?;
     let role: Role = f.role.parse()?;
     let client = state.client().await?;
-    users::add(&client, &actor(&who), f.user.trim(), role, &f.password).await?;
+    users::add(
+        &client,
+        &actor(&who),
+        plain("user", &f.user)?,
+        role,
+        &f.password,
+    )
+    .await?;
     Ok(Redirect::to("/admin/users").into_response())
 }
 
@@ -133,14 +152,15 @@ async fn set_disabled(
     if disabled && f.user == who.name {
         return Err(WebError::BadRequest("you cannot disable yourself".into()));
     }
+    let user = plain("user", &f.user)?;
     let client = state.client().await?;
-    users::set_disabled(&client, &actor(who), &f.user, disabled).await?;
+    users::set_disabled(&client, &actor(who), user, disabled).await?;
     if disabled {
         // A disabled user's sessions end now.
         client
             .execute(
                 "DELETE FROM web_sessions WHERE user_id = (SELECT id FROM users WHERE name = $1)",
-                &[&f.user],
+                &[&user],
             )
             .await?;
     }
@@ -180,6 +200,15 @@ fn given(s: &Option<String>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+fn check_all(fields: &[(&str, &Option<String>)]) -> Result<(), WebError> {
+    for (name, value) in fields {
+        if let Some(v) = value {
+            plain(name, v)?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn add_grant(
     State(state): State<Arc<AppState>>,
     PageUser(who): PageUser,
@@ -187,6 +216,12 @@ pub async fn add_grant(
 ) -> Result<Response, WebError> {
     require_admin(&who)?;
     check_csrf(&who, &f.csrf)?;
+    check_all(&[
+        ("exporter", &f.exporter),
+        ("description", &f.description),
+        ("group", &f.group),
+    ])?;
+    let user = plain("user", &f.user)?;
     let ifindex = given(&f.interface)
         .map(|i| {
             i.parse::<i64>()
@@ -208,7 +243,7 @@ pub async fn add_grant(
         }
     };
     let client = state.client().await?;
-    users::grant(&client, &actor(&who), f.user.trim(), &rule).await?;
+    users::grant(&client, &actor(&who), user, &rule).await?;
     Ok(Redirect::to("/admin/users").into_response())
 }
 
@@ -231,7 +266,7 @@ pub async fn revoke_grant(
         .parse()
         .map_err(|_| WebError::BadRequest(format!("grant {:?}: expected a number", f.grant)))?;
     let client = state.client().await?;
-    users::revoke(&client, &actor(&who), &f.user, id).await?;
+    users::revoke(&client, &actor(&who), plain("user", &f.user)?, id).await?;
     Ok(Redirect::to("/admin/users").into_response())
 }
 
@@ -250,9 +285,14 @@ pub async fn add_token(
     require_admin(&who)?;
     check_csrf(&who, &f.csrf)?;
     let client = state.client().await?;
-    let token = auth::create_api_token(&client, &actor(&who), f.user.trim(), f.name.trim())
-        .await
-        .map_err(|e| WebError::BadRequest(format!("{e:#}")))?;
+    let token = auth::create_api_token(
+        &client,
+        &actor(&who),
+        plain("user", &f.user)?,
+        plain("name", &f.name)?,
+    )
+    .await
+    .map_err(|e| WebError::BadRequest(format!("{e:#}")))?;
     let body = format!(
         "<h1>API token created</h1><p>Token <strong>{}</strong> for <strong>{}</strong>. It is shown only now; scripts send it as <code>Authorization: Bearer …</code>.</p><p><code id=\"token\">{}</code></p><p><a href=\"/admin/users\">Back to users</a></p>",
         escape(&f.name),
@@ -318,8 +358,8 @@ pub async fn add_group(
     users::group_add(
         &client,
         &actor(&who),
-        &f.name,
-        f.description.as_deref().unwrap_or(""),
+        plain("name", &f.name)?,
+        plain("description", f.description.as_deref().unwrap_or(""))?,
     )
     .await?;
     Ok(Redirect::to("/admin/groups").into_response())
@@ -347,8 +387,8 @@ pub async fn add_member(
     users::group_member_add(
         &client,
         &actor(&who),
-        f.group.trim(),
-        f.exporter.trim(),
+        plain("group", &f.group)?,
+        plain("exporter", &f.exporter)?,
         ifindex,
     )
     .await?;

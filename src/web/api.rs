@@ -87,6 +87,14 @@ pub async fn interfaces(
     ApiUser(who): ApiUser,
     Query(q): Query<InterfaceQuery>,
 ) -> Result<Response, WebError> {
+    if q.exporter
+        .as_deref()
+        .is_some_and(|e| e.len() > 255 || e.chars().any(char::is_control))
+    {
+        return Err(WebError::BadRequest(
+            "exporter: at most 255 characters, without control characters".into(),
+        ));
+    }
     let client = state.client().await?;
     check_scope(&client, &who, q.exporter.as_deref(), None).await?;
     let rows = client

@@ -51,6 +51,8 @@ pub struct AppState {
     database_url: String,
     db: tokio::sync::Mutex<Option<Arc<Client>>>,
     pub throttle: auth::Throttle,
+    /// The collector's metrics listener, for exporter health on the dashboard.
+    pub collector_metrics: Option<SocketAddr>,
     /// Cookies carry `Secure` when served over TLS.
     pub secure_cookies: bool,
 }
@@ -279,6 +281,7 @@ pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
         database_url: config.database_url.clone(),
         db: tokio::sync::Mutex::new(None),
         throttle: auth::Throttle::default(),
+        collector_metrics: config.collector.metrics,
         secure_cookies: tls.is_some(),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();

@@ -134,6 +134,14 @@ pub async fn login(
     }
     let address = peer.ip().to_string();
     let user = form.user.trim().to_lowercase();
+    if user.len() > 64 || user.chars().any(char::is_control) || form.password.contains('\0') {
+        state.throttle.failed(&user, &address);
+        return Ok(login_page(
+            &state,
+            &next,
+            Some("wrong user name or password"),
+        ));
+    }
     if let Some(wait) = state.throttle.wait(&user, &address) {
         return Err(WebError::TooManyRequests(wait.as_secs().max(1)));
     }
@@ -461,6 +469,24 @@ pub async fn graph_svg(
         .into_response())
 }
 
+/// Per-exporter counters from the running collector (its Prometheus text), if the
+/// configuration names its metrics listener and it answers.
+async fn collector_health(
+    state: &AppState,
+) -> Option<std::collections::BTreeMap<String, crate::setup::status::ExporterCounters>> {
+    let addr = state.collector_metrics?;
+    let client = crate::setup::status::http_client(std::time::Duration::from_secs(2)).ok()?;
+    let text = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(crate::setup::status::parse_metrics(&text))
+}
+
 pub async fn dashboard(
     State(state): State<Arc<AppState>>,
     PageUser(who): PageUser,
@@ -483,21 +509,46 @@ pub async fn dashboard(
         escape(&day.link("/report", |_| {})),
         escape(&day.link("/graph.svg", |_| {}))
     );
-    body.push_str("<h2>Exporters</h2><table><thead><tr><th>exporter</th><th>address</th><th>interfaces</th><th>first seen</th><th>last seen</th></tr></thead><tbody>");
+    let health = collector_health(&state).await;
+    body.push_str("<h2>Exporters</h2><table><thead><tr><th>exporter</th><th>address</th><th>interfaces</th><th>first seen</th><th>last seen</th><th>last packet</th><th>loss</th><th>decode errors</th></tr></thead><tbody>");
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
     for e in &exporters {
+        let (age, loss, errors) = match health.as_ref().map(|h| h.get(&e.address)) {
+            Some(Some(c)) => (
+                format!("{} s ago", now.saturating_sub(c.last_seen)),
+                format!(
+                    "{:.2} %",
+                    100.0 * c.lost as f64 / (c.flows + c.lost).max(1) as f64
+                ),
+                c.errors.to_string(),
+            ),
+            Some(None) => (
+                "not since the collector started".into(),
+                String::new(),
+                String::new(),
+            ),
+            None => (
+                "(collector counters unavailable)".into(),
+                String::new(),
+                String::new(),
+            ),
+        };
         let link = day.link("/report", |v| {
             v.exporter = Some(e.address.clone());
             v.by = ReportBy::Interface;
         });
         let _ = write!(
             body,
-            "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&link),
             escape(e.name.as_deref().unwrap_or(&e.address)),
             escape(&e.address),
             e.interfaces,
             escape(&e.first_seen),
-            escape(&e.last_seen)
+            escape(&e.last_seen),
+            escape(&age),
+            escape(&loss),
+            escape(&errors)
         );
     }
     body.push_str("</tbody></table><h2>Busiest interfaces</h2>");

@@ -87,16 +87,22 @@ impl View {
             "flows" => crate::report::Measure::Flows,
             other => return Err(format!("unit={other:?}: expected bits, packets or flows")),
         };
-        let clean = |s: &Option<String>| {
-            s.as_ref()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty() && s.len() <= 255)
+        // Names go into SQL parameters: PostgreSQL refuses NUL, and no exporter,
+        // interface or group name contains control characters.
+        let clean = |name: &str, s: &Option<String>| -> Result<Option<String>, String> {
+            match s.as_ref().map(|s| s.trim()) {
+                None | Some("") => Ok(None),
+                Some(v) if v.len() > 255 || v.chars().any(char::is_control) => Err(format!(
+                    "{name}: at most 255 characters, without control characters"
+                )),
+                Some(v) => Ok(Some(v.to_string())),
+            }
         };
         Ok(View {
             by,
-            exporter: clean(&p.exporter),
-            interface: clean(&p.interface),
-            group: clean(&p.group),
+            exporter: clean("exporter", &p.exporter)?,
+            interface: clean("interface", &p.interface)?,
+            group: clean("group", &p.group)?,
             direction,
             from,
             to,

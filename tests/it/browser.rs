@@ -53,7 +53,8 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
     let pg = Pg::shared();
     let (_db, url) = pg.create_database("browser");
     let data = crate::support::data_dir("browser");
-    let collector = Collector::start(&url, data.path(), &[]);
+    // The collector keeps running, so the dashboard can show its live counters.
+    let collector = Collector::start(&url, data.path(), &["--flush-grace", "0"]);
     let expected = gen::run(
         &GenOptions {
             seed: 11,
@@ -68,12 +69,30 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
         |_| {},
     )
     .unwrap();
-    assert!(collector.terminate().0.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = pg.psql(
+            &_db,
+            "SELECT coalesce(sum(flows), 0) FROM flow_totals WHERE direction = 0",
+        );
+        if stored == expected.total.flows.to_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {stored} of {} flows stored",
+            expected.total.flows
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("web.toml"),
-        "[site]\nname = \"browser-lab\"\n[web]\ntls = \"off\"\n",
+        format!(
+            "[site]\nname = \"browser-lab\"\n[web]\ntls = \"off\"\n[collector]\nmetrics = \"127.0.0.1:{}\"\n",
+            collector.metrics_port
+        ),
     )
     .unwrap();
     let web_port = free_tcp_port();
@@ -172,6 +191,8 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
             assert_eq!(h1.text().await.unwrap(), "Last 24 hours");
             let body = c.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
             assert!(body.contains("127.0.0.40") && body.contains("127.0.0.41"), "{body}");
+            // Health from the running collector: recent packets, no loss, no errors.
+            assert!(body.contains("s ago") && body.contains("0.00 %"), "{body}");
             let graph = c.find(Locator::Css("main img")).await.unwrap();
             let loaded: bool = c
                 .execute("return arguments[0].complete && arguments[0].naturalWidth > 0", vec![serde_json::to_value(&graph).unwrap()])
@@ -231,4 +252,5 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
             shot("report").await;
             c.close().await.unwrap();
         });
+    assert!(collector.terminate().0.success());
 }

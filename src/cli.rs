@@ -112,6 +112,10 @@ pub struct ReportArgs {
     /// Only the interfaces of this interface group.
     #[arg(long)]
     pub group: Option<String>,
+    /// Choose the top N by total bytes, by their busiest step, or by the 95th
+    /// percentile of their steps.
+    #[arg(long, value_enum, default_value = "total")]
+    pub rank: crate::report::Rank,
     /// Count flows on their input (in) or output (out) interface.
     #[arg(long, value_enum, default_value = "in")]
     pub direction: DirectionArg,
@@ -222,6 +226,7 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                 exporter: a.exporter,
                 interface: a.interface,
                 group: a.group,
+                rank: a.rank,
                 direction: match a.direction {
                     DirectionArg::In => Direction::In,
                     DirectionArg::Out => Direction::Out,

@@ -85,6 +85,8 @@ pub struct ReportQuery {
     pub group: Option<String>,
     pub direction: Direction,
     pub top: usize,
+    /// How the top N are chosen.
+    pub rank: Rank,
     /// Only interfaces this user may see (`flowstage_visible_interfaces`); None for
     /// the command line, which runs with the database's own access rights.
     pub visible_to: Option<i32>,
@@ -116,6 +118,71 @@ fn to_u64(v: i64) -> u64 {
 }
 
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// How the top N are chosen: by bytes over the whole period (Stager's way), or by
+/// their busiest step, or by the 95th percentile of their steps (billing's way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rank {
+    #[default]
+    Total,
+    Max,
+    P95,
+}
+
+/// Steps for ranking by max or percentile: five minutes up to a day, coarser beyond.
+fn rank_step(q: &ReportQuery) -> i64 {
+    step_for(q.from, q.to, 288).max(300)
+}
+
+/// Each key's busiest step (Max) or 95th-percentile step (P95), in bytes per step;
+/// steps without traffic count as zero.
+async fn rank_statistic(
+    client: &Client,
+    q: &ReportQuery,
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let (table, key, extra) = q.by.source();
+    let (filter, mut params) = filter(q);
+    let step = rank_step(q);
+    params.push(Box::new(step));
+    let n = params.len();
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let sql = format!(
+        "SELECT {key} AS k, (extract(epoch FROM t.minute)::bigint / ${n}) AS b, sum(t.bytes)::bigint
+         FROM {table} t JOIN exporters e ON e.id = t.exporter_id
+         WHERE {filter} {extra} GROUP BY 1, 2"
+    );
+    let steps = usize::try_from(
+        (floor_minute(q.to).timestamp() - floor_minute(q.from).timestamp() + step - 1) / step,
+    )
+    .unwrap_or(1)
+    .max(1);
+    let mut per_key: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for r in client.query(&sql, &refs).await? {
+        if let Some(k) = r.get::<_, Option<String>>(0) {
+            per_key.entry(k).or_default().push(to_u64(r.get(2)));
+        }
+    }
+    Ok(per_key
+        .into_iter()
+        .map(|(k, mut v)| {
+            let value = match q.rank {
+                Rank::Max | Rank::Total => v.iter().copied().max().unwrap_or(0),
+                Rank::P95 => {
+                    // Nearest rank over all steps of the period, the empty ones as zero.
+                    v.resize(steps.max(v.len()), 0);
+                    v.sort_unstable();
+                    let rank = (0.95 * v.len() as f64).ceil() as usize;
+                    v[rank.clamp(1, v.len()) - 1]
+                }
+            };
+            (k, value)
+        })
+        .collect())
+}
 
 /// The WHERE clause (over `t`, the aggregate table, and `e`, exporters) and its
 /// parameters for a query's period, direction, scope and access.
@@ -194,9 +261,27 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
     );
     let mut rows = Vec::new();
     let mut other = Totals::default();
-    for r in client.query(&grouped, &refs).await? {
-        let key: Option<String> = r.get(0);
-        let t = (to_u64(r.get(1)), to_u64(r.get(2)), to_u64(r.get(3)));
+    let mut grouped_rows: Vec<(Option<String>, (u64, u64, u64))> = client
+        .query(&grouped, &refs)
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                (to_u64(r.get(1)), to_u64(r.get(2)), to_u64(r.get(3))),
+            )
+        })
+        .collect();
+    if q.rank != Rank::Total {
+        let stat = rank_statistic(client, q).await?;
+        // Stable: equal statistics keep the order by bytes.
+        grouped_rows.sort_by(|a, b| {
+            let sa = a.0.as_ref().and_then(|k| stat.get(k)).copied().unwrap_or(0);
+            let sb = b.0.as_ref().and_then(|k| stat.get(k)).copied().unwrap_or(0);
+            sb.cmp(&sa)
+        });
+    }
+    for (key, t) in grouped_rows {
         match key {
             Some(key) if rows.len() < q.top => rows.push(ReportRow {
                 key,

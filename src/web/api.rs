@@ -185,6 +185,9 @@ pub async fn openapi() -> Response {
         ("from", "Start: RFC 3339, YYYY-MM-DD[ HH:MM], now, or -15m/-1h/-2d/-1w (default -1d)"),
         ("to", "End, same forms (default now)"),
         ("top", "Rows before \"other\", 1 to 1000 (default 10)"),
+        ("group", "An interface group's name: only its members"),
+        ("rank", "How the top N are chosen: total (bytes over the period, default), max (busiest step) or p95 (95th percentile of the steps)"),
+        ("unit", "For series: bits (default), packets or flows"),
     ]
     .iter()
     .map(|(name, d)| {

@@ -387,6 +387,17 @@ pub async fn report(
             by.as_str()
         );
     }
+    for (label, rank) in [
+        ("top by total", crate::report::Rank::Total),
+        ("by max", crate::report::Rank::Max),
+        ("by 95th percentile", crate::report::Rank::P95),
+    ] {
+        let _ = write!(
+            body,
+            "<a href=\"{}\">{label}</a>",
+            escape(&view.link("/report", |v| v.rank = rank))
+        );
+    }
     for (label, unit) in [
         ("bit/s", crate::report::Measure::Bytes),
         ("pkt/s", crate::report::Measure::Packets),
@@ -417,6 +428,27 @@ pub async fn report(
     earlier.from -= span;
     earlier.to -= span;
     let previous = report::run(&client, &earlier).await?;
+    // One interface with a known speed: how full it was on average.
+    if let (Some(e), Some(i)) = (&view.exporter, &view.interface) {
+        let speed: Option<i64> = client
+            .query_opt(
+                "SELECT i.speed_bps FROM interfaces i JOIN exporters e ON e.id = i.exporter_id
+                 WHERE (e.name = $1 OR host(e.address) = $1)
+                   AND (i.ifindex::text = $2 OR i.name = $2 OR i.description = $2)
+                   AND i.speed_bps > 0",
+                &[e, i],
+            )
+            .await?
+            .and_then(|row| row.get(0));
+        if let Some(speed) = speed {
+            let _ = write!(
+                body,
+                "<p>Average use: {:.2} % of the interface speed ({}bit/s).</p>",
+                100.0 * bits_per_second(r.total.bytes, &view) / speed as f64,
+                si(speed as f64)
+            );
+        }
+    }
     body.push_str(&report_table(&view, &r, Some(&previous)));
     Ok(layout(
         &format!("{scope} by {}", view.by.as_str()),

@@ -23,6 +23,8 @@ pub struct ViewParams {
     pub top: Option<String>,
     /// Graph unit: bits (default), packets or flows per second.
     pub unit: Option<String>,
+    /// Top N by total (default), max or p95.
+    pub rank: Option<String>,
 }
 
 /// A checked report view.
@@ -37,6 +39,7 @@ pub struct View {
     pub to: DateTime<Utc>,
     pub top: usize,
     pub unit: crate::report::Measure,
+    pub rank: crate::report::Rank,
 }
 
 /// Periods of the zoom links.
@@ -89,6 +92,12 @@ impl View {
         };
         // Names go into SQL parameters: PostgreSQL refuses NUL, and no exporter,
         // interface or group name contains control characters.
+        let rank = match p.rank.as_deref().unwrap_or("") {
+            "" | "total" => crate::report::Rank::Total,
+            "max" => crate::report::Rank::Max,
+            "p95" => crate::report::Rank::P95,
+            other => return Err(format!("rank={other:?}: expected total, max or p95")),
+        };
         let clean = |name: &str, s: &Option<String>| -> Result<Option<String>, String> {
             match s.as_ref().map(|s| s.trim()) {
                 None | Some("") => Ok(None),
@@ -108,6 +117,7 @@ impl View {
             to,
             top,
             unit,
+            rank,
         })
     }
 
@@ -119,6 +129,7 @@ impl View {
             exporter: self.exporter.clone(),
             interface: self.interface.clone(),
             group: self.group.clone(),
+            rank: self.rank,
             direction: self.direction,
             top: self.top,
             visible_to,
@@ -145,6 +156,11 @@ impl View {
         pairs.push(("from", v.from.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
         pairs.push(("to", v.to.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
         pairs.push(("top", v.top.to_string()));
+        match v.rank {
+            crate::report::Rank::Total => {}
+            crate::report::Rank::Max => pairs.push(("rank", "max".into())),
+            crate::report::Rank::P95 => pairs.push(("rank", "p95".into())),
+        }
         match v.unit {
             crate::report::Measure::Bytes => {}
             crate::report::Measure::Packets => pairs.push(("unit", "packets".into())),

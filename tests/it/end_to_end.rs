@@ -358,3 +358,43 @@ fn one_port_takes_every_version_over_ipv4_and_ipv6() {
     assert_eq!(rows.get("::1"), Some(&sum(&v6)));
     assert_eq!(rows.get("127.0.0.60"), Some(&sum(&v4)));
 }
+
+#[test]
+fn top_n_by_total_by_busiest_step_and_by_95th_percentile() {
+    let pg = Pg::shared();
+    let (db, url) = pg.create_database("rank");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut client = flowstage::db::connect(&url).await.unwrap();
+            flowstage::db::migrate(&mut client).await.unwrap();
+        });
+    // Port 443: steady, 2000 bytes every 5 minutes for 5 hours (120 000 in all).
+    // Port 80: one burst of 100 000 bytes. By total and by 95th percentile 443 leads;
+    // by the busiest step 80 does.
+    pg.psql(
+        &db,
+        "SELECT flowstage_ensure_day(current_date - 1), flowstage_ensure_day(current_date);
+         INSERT INTO exporters (address) VALUES ('192.0.2.1');
+         INSERT INTO flow_port (minute, exporter_id, ifindex, direction, side, port, bytes, packets, flows)
+           SELECT date_trunc('minute', now()) - interval '5 hours' + i * interval '5 minutes', e.id, 1, 0, 1, 443, 2000, 2, 1
+           FROM exporters e, generate_series(0, 59) i;
+         INSERT INTO flow_port (minute, exporter_id, ifindex, direction, side, port, bytes, packets, flows)
+           SELECT date_trunc('minute', now()) - interval '2 hours', id, 1, 0, 1, 80, 100000, 70, 1 FROM exporters;",
+    );
+    let first = |rank: &str| {
+        let v = report(&url, "dst-port", &["--top", "1", "--rank", rank]);
+        let rows = v["rows"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 2, "{v}");
+        assert_eq!(rows[1]["key"], "other");
+        // Whatever the ranking, the rows still add up to every byte.
+        let sum: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+        assert_eq!(sum, 220_000);
+        rows[0]["key"].as_str().unwrap().to_string()
+    };
+    assert_eq!(first("total"), "443");
+    assert_eq!(first("max"), "80");
+    assert_eq!(first("p95"), "443");
+}

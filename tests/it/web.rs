@@ -514,6 +514,21 @@ fn numbers_and_authorization_matrix() {
         !page.body.contains(hidden),
         "the hidden exporter leaked into the page"
     );
+    // An interface with a known speed shows how full it was.
+    pg.psql(
+        &_db,
+        &format!("UPDATE interfaces SET speed_bps = 1000000000 WHERE ifindex = 1 AND exporter_id = (SELECT id FROM exporters WHERE host(address) = '{granted}')"),
+    );
+    let one = get(
+        &format!("{base}/report?exporter={granted}&interface=1&by=dst-port&{period}"),
+        Some(&viewer),
+    );
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert!(
+        one.body.contains("% of the interface speed (1.00 Gbit/s)"),
+        "{}",
+        one.body
+    );
     // Compared with the day before, which had no traffic.
     assert!(page.body.contains("<th>bytes, previous period</th>"));
     assert!(page.body.contains("<td>new</td>"), "{}", page.body);

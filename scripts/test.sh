@@ -43,4 +43,6 @@ cargo clippy --all-targets --locked -- -D warnings
 if [ "$(id -u)" -eq 0 ] && [ -f /etc/debian_version ]; then
     export FLOWSTAGE_E2E_INSTALL=${FLOWSTAGE_E2E_INSTALL:-1}
 fi
+# The packages above include the browser, so its test must run, not skip.
+export FLOWSTAGE_REQUIRE_BROWSER=1
 cargo test --locked --all-targets

@@ -140,12 +140,15 @@ fn rank_step(q: &ReportQuery) -> i64 {
 async fn rank_statistic(
     client: &Client,
     q: &ReportQuery,
+    candidates: &[String],
 ) -> anyhow::Result<std::collections::HashMap<String, u64>> {
     let (table, key, extra) = q.by.source();
     let (filter, mut params) = filter(q);
     let step = rank_step(q);
     params.push(Box::new(step));
     let n = params.len();
+    params.push(Box::new(candidates.to_vec()));
+    let keys_param = params.len();
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
@@ -153,7 +156,7 @@ async fn rank_statistic(
     let sql = format!(
         "SELECT {key} AS k, (extract(epoch FROM t.minute)::bigint / ${n}) AS b, sum(t.bytes)::bigint
          FROM {table} t JOIN exporters e ON e.id = t.exporter_id
-         WHERE {filter} {extra} GROUP BY 1, 2"
+         WHERE {filter} {extra} AND {key} = ANY(${keys_param}) GROUP BY 1, 2"
     );
     let steps = usize::try_from(
         (floor_minute(q.to).timestamp() - floor_minute(q.from).timestamp() + step - 1) / step,
@@ -250,18 +253,27 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
+    // Bounded: only the top rows (or, to rank by max or p95, the candidates among the
+    // keys with the most bytes) come back; "other" is the rest of the table's sum.
+    let candidates = if q.rank == Rank::Total {
+        q.top
+    } else {
+        (q.top * 5).max(200)
+    };
     let grouped = format!(
         "SELECT {key} AS k, sum(t.bytes)::bigint, sum(t.packets)::bigint, sum(t.flows)::bigint
          FROM {table} t JOIN exporters e ON e.id = t.exporter_id
-         WHERE {filter} {extra} GROUP BY 1 ORDER BY 2 DESC, 1"
+         WHERE {filter} {extra} AND {key} IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {candidates}"
+    );
+    let table_sum = format!(
+        "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
+         FROM {table} t JOIN exporters e ON e.id = t.exporter_id WHERE {filter} {extra}"
     );
     let total_sql = format!(
         "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
          FROM flow_totals t JOIN exporters e ON e.id = t.exporter_id WHERE {filter}"
     );
-    let mut rows = Vec::new();
-    let mut other = Totals::default();
-    let mut grouped_rows: Vec<(Option<String>, (u64, u64, u64))> = client
+    let mut grouped_rows: Vec<(String, (u64, u64, u64))> = client
         .query(&grouped, &refs)
         .await?
         .iter()
@@ -273,24 +285,33 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
         })
         .collect();
     if q.rank != Rank::Total {
-        let stat = rank_statistic(client, q).await?;
+        let keys: Vec<String> = grouped_rows.iter().map(|(k, _)| k.clone()).collect();
+        let stat = rank_statistic(client, q, &keys).await?;
         // Stable: equal statistics keep the order by bytes.
         grouped_rows.sort_by(|a, b| {
-            let sa = a.0.as_ref().and_then(|k| stat.get(k)).copied().unwrap_or(0);
-            let sb = b.0.as_ref().and_then(|k| stat.get(k)).copied().unwrap_or(0);
+            let sa = stat.get(&a.0).copied().unwrap_or(0);
+            let sb = stat.get(&b.0).copied().unwrap_or(0);
             sb.cmp(&sa)
         });
     }
+    grouped_rows.truncate(q.top);
+    let all = client.query_one(&table_sum, &refs).await?;
+    let mut other = Totals {
+        bytes: to_u64(all.get(0)),
+        packets: to_u64(all.get(1)),
+        flows: to_u64(all.get(2)),
+    };
+    let mut rows = Vec::new();
     for (key, t) in grouped_rows {
-        match key {
-            Some(key) if rows.len() < q.top => rows.push(ReportRow {
-                key,
-                bytes: t.0,
-                packets: t.1,
-                flows: t.2,
-            }),
-            _ => other.add(t.0, t.1, t.2),
-        }
+        other.bytes = other.bytes.saturating_sub(t.0);
+        other.packets = other.packets.saturating_sub(t.1);
+        other.flows = other.flows.saturating_sub(t.2);
+        rows.push(ReportRow {
+            key,
+            bytes: t.0,
+            packets: t.1,
+            flows: t.2,
+        });
     }
     if other != Totals::default() {
         rows.push(ReportRow {
@@ -382,6 +403,14 @@ pub async fn series(
     let (filter, mut params) = filter(q);
     params.push(Box::new(step_secs.max(60)));
     let step_param = params.len();
+    let top_keys: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| r.key != "other")
+        .map(|r| r.key.clone())
+        .collect();
+    params.push(Box::new(top_keys));
+    let keys_param = params.len();
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
@@ -389,7 +418,7 @@ pub async fn series(
     let column = measure.column();
     let sql = format!(
         "SELECT (extract(epoch FROM t.minute)::bigint / ${step_param}) * ${step_param} AS b,
-                {key} AS k, sum(t.{column})::bigint
+                CASE WHEN {key} = ANY(${keys_param}) THEN {key} END AS k, sum(t.{column})::bigint
          FROM {table} t JOIN exporters e ON e.id = t.exporter_id
          WHERE {filter} {extra} GROUP BY 1, 2 ORDER BY 1"
     );
@@ -437,10 +466,16 @@ impl Report {
             ReportFormat::Csv => {
                 let mut o = String::from("key,bytes,packets,flows\n");
                 for r in &self.rows {
-                    let key = if r.key.contains([',', '"']) {
-                        format!("\"{}\"", r.key.replace('"', "\"\""))
+                    // Quoted when needed; a leading = + - @ is defused so a spreadsheet
+                    // does not run it as a formula.
+                    let mut key = r.key.clone();
+                    if key.starts_with(['=', '+', '-', '@']) {
+                        key.insert(0, '\'');
+                    }
+                    let key = if key.contains([',', '"', '\r', '\n']) {
+                        format!("\"{}\"", key.replace('"', "\"\""))
                     } else {
-                        r.key.clone()
+                        key
                     };
                     let _ = writeln!(o, "{key},{},{},{}", r.bytes, r.packets, r.flows);
                 }

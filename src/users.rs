@@ -219,6 +219,7 @@ pub async fn set_password(
     if n == 0 {
         return Err(UserError::NotFound(name.to_string()));
     }
+    end_sessions(client, name).await?;
     audit(client, actor, "user.passwd", name, "").await
 }
 
@@ -237,12 +238,77 @@ pub async fn set_disabled(
     if n == 0 {
         return Err(UserError::NotFound(name.to_string()));
     }
+    // Disabled, or enabled again: either way no old session carries over.
+    end_sessions(client, name).await?;
     let action = if disabled {
         "user.disable"
     } else {
         "user.enable"
     };
     audit(client, actor, action, name, "").await
+}
+
+/// End every web session of a user (after a password change or a disable).
+async fn end_sessions(client: &Client, name: &str) -> Result<(), UserError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('web_sessions') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if exists {
+        client
+            .execute(
+                "DELETE FROM web_sessions WHERE user_id = (SELECT id FROM users WHERE name = $1)",
+                &[&name],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// An API token's name and dates, never the token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenInfo {
+    pub user: String,
+    pub name: String,
+    pub created_at: String,
+    pub last_used: Option<String>,
+}
+
+pub async fn tokens(client: &Client) -> Result<Vec<TokenInfo>, UserError> {
+    Ok(client
+        .query(
+            "SELECT u.name, t.name, to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'),
+                    to_char(t.last_used AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+             FROM api_tokens t JOIN users u ON u.id = t.user_id ORDER BY u.name, t.name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| TokenInfo {
+            user: r.get(0),
+            name: r.get(1),
+            created_at: r.get(2),
+            last_used: r.get(3),
+        })
+        .collect())
+}
+
+pub async fn revoke_token(
+    client: &Client,
+    actor: &str,
+    user: &str,
+    name: &str,
+) -> Result<(), UserError> {
+    let n = client
+        .execute(
+            "DELETE FROM api_tokens WHERE name = $2 AND user_id = (SELECT id FROM users WHERE name = $1)",
+            &[&user, &name],
+        )
+        .await?;
+    if n == 0 {
+        return Err(UserError::NotFound(format!("{user} token {name}")));
+    }
+    audit(client, actor, "token.revoke", user, name).await
 }
 
 pub async fn grant(

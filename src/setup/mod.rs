@@ -113,6 +113,10 @@ pub enum UsersCommand {
     /// Create an API token for a user's scripts; printed once (send it as
     /// `Authorization: Bearer TOKEN`).
     Token { name: String, token_name: String },
+    /// List API tokens (names and dates; the tokens themselves are never stored).
+    Tokens,
+    /// Revoke a user's API token.
+    TokenRevoke { name: String, token_name: String },
     /// Set a user's password (generated and printed once unless --password-stdin).
     Passwd {
         name: String,
@@ -417,6 +421,21 @@ fn users_command(database_url: &str, cmd: UsersCommand) -> anyhow::Result<()> {
                 let token =
                     crate::web::auth::create_api_token(&client, &actor, &name, &token_name).await?;
                 println!("API token {token_name} for {name} (shown once): {token}");
+            }
+            UsersCommand::Tokens => {
+                for t in users::tokens(&client).await? {
+                    println!(
+                        "{:<20} {:<20} created {} last used {}",
+                        t.user,
+                        t.name,
+                        t.created_at,
+                        t.last_used.as_deref().unwrap_or("never")
+                    );
+                }
+            }
+            UsersCommand::TokenRevoke { name, token_name } => {
+                users::revoke_token(&client, &actor, &name, &token_name).await?;
+                println!("revoked token {token_name} of {name}");
             }
             UsersCommand::Disable { name } => {
                 users::set_disabled(&client, &actor, &name, true).await?;

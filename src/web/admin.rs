@@ -97,6 +97,19 @@ pub async fn users_page(
             escape(&u.name),
         );
     }
+    body.push_str("</tbody></table><h2>API tokens</h2><table><thead><tr><th>user</th><th>token</th><th>created</th><th>last used</th><th></th></tr></thead><tbody>");
+    for t in users::tokens(&client).await? {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/admin/tokens/revoke\">{csrf}<input type=\"hidden\" name=\"user\" value=\"{}\"><input type=\"hidden\" name=\"name\" value=\"{}\"><button type=\"submit\">revoke</button></form></td></tr>",
+            escape(&t.user),
+            escape(&t.name),
+            escape(&t.created_at),
+            escape(t.last_used.as_deref().unwrap_or("never")),
+            escape(&t.user),
+            escape(&t.name)
+        );
+    }
     body.push_str("</tbody></table>");
     let _ = write!(
         body,
@@ -149,21 +162,12 @@ async fn set_disabled(
 ) -> Result<Response, WebError> {
     require_admin(who)?;
     check_csrf(who, &f.csrf)?;
-    if disabled && f.user == who.name {
+    let user = plain("user", &f.user)?;
+    if disabled && user == who.name {
         return Err(WebError::BadRequest("you cannot disable yourself".into()));
     }
-    let user = plain("user", &f.user)?;
     let client = state.client().await?;
     users::set_disabled(&client, &actor(who), user, disabled).await?;
-    if disabled {
-        // A disabled user's sessions end now.
-        client
-            .execute(
-                "DELETE FROM web_sessions WHERE user_id = (SELECT id FROM users WHERE name = $1)",
-                &[&user],
-            )
-            .await?;
-    }
     Ok(Redirect::to("/admin/users").into_response())
 }
 
@@ -300,6 +304,24 @@ pub async fn add_token(
         escape(&token)
     );
     Ok(layout("API token", Some(&who), &state.site, &body).into_response())
+}
+
+pub async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    Form(f): Form<TokenForm>,
+) -> Result<Response, WebError> {
+    require_admin(&who)?;
+    check_csrf(&who, &f.csrf)?;
+    let client = state.client().await?;
+    users::revoke_token(
+        &client,
+        &actor(&who),
+        plain("user", &f.user)?,
+        plain("name", &f.name)?,
+    )
+    .await?;
+    Ok(Redirect::to("/admin/users").into_response())
 }
 
 pub async fn groups_page(

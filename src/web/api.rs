@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use super::auth::Identity;
 use super::view::{View, ViewParams};
-use super::{check_scope, restriction, ApiUser, AppState, WebError};
+use super::{check_scope, restriction, ApiError, ApiUser, AppState, WebError};
 use crate::report;
 
 #[derive(Debug, Serialize)]
@@ -63,7 +63,7 @@ pub async fn me(ApiUser(who): ApiUser) -> Response {
 pub async fn exporters(
     State(state): State<Arc<AppState>>,
     ApiUser(who): ApiUser,
-) -> Result<Response, WebError> {
+) -> Result<Response, ApiError> {
     let client = state.client().await?;
     Ok(Json(visible_exporters(&client, &who).await?).into_response())
 }
@@ -86,14 +86,15 @@ pub async fn interfaces(
     State(state): State<Arc<AppState>>,
     ApiUser(who): ApiUser,
     Query(q): Query<InterfaceQuery>,
-) -> Result<Response, WebError> {
+) -> Result<Response, ApiError> {
     if q.exporter
         .as_deref()
         .is_some_and(|e| e.len() > 255 || e.chars().any(char::is_control))
     {
         return Err(WebError::BadRequest(
             "exporter: at most 255 characters, without control characters".into(),
-        ));
+        )
+        .into());
     }
     let client = state.client().await?;
     check_scope(&client, &who, q.exporter.as_deref(), None).await?;
@@ -144,7 +145,7 @@ pub async fn report(
     State(state): State<Arc<AppState>>,
     ApiUser(who): ApiUser,
     Query(params): Query<ViewParams>,
-) -> Result<Response, WebError> {
+) -> Result<Response, ApiError> {
     let (_, r, _) = view_report(&state, &who, &params).await?;
     Ok(Json(r).into_response())
 }
@@ -160,7 +161,7 @@ pub async fn series(
     State(state): State<Arc<AppState>>,
     ApiUser(who): ApiUser,
     Query(q): Query<SeriesQuery>,
-) -> Result<Response, WebError> {
+) -> Result<Response, ApiError> {
     let points = match q.points.as_deref() {
         None | Some("") => 120,
         Some(p) => p
@@ -170,6 +171,14 @@ pub async fn series(
             .ok_or_else(|| WebError::BadRequest(format!("points={p:?}: expected 1 to 2000")))?,
     };
     let (view, r, client) = view_report(&state, &who, &q.view).await?;
+    // A bounded answer: keys × steps.
+    if (r.rows.len() as i64) * points > 200_000 {
+        return Err(WebError::BadRequest(format!(
+            "{} rows × {points} points is too many values; lower top or points",
+            r.rows.len()
+        ))
+        .into());
+    }
     let step = report::step_for(view.from, view.to, points);
     let s = report::series(&client, &view.query(restriction(&who)), &r, step, view.unit).await?;
     Ok(Json(s).into_response())

@@ -111,6 +111,16 @@ impl Throttle {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(&format!("user:{user}"));
     }
+
+    /// A login that was counted up front succeeded: clear the user's failures and
+    /// take this attempt back from the address.
+    pub fn forgive(&self, user: &str, address: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&format!("user:{user}"));
+        if let Some(q) = map.get_mut(&format!("addr:{address}")) {
+            q.pop_back();
+        }
+    }
 }
 
 /// Check a user's password; `Some` with the user when it is right and the user active.
@@ -153,6 +163,9 @@ pub async fn check_password(
 pub async fn create_session(client: &Client, who: &mut Identity) -> anyhow::Result<String> {
     let token = random_token();
     who.csrf = random_token();
+    client
+        .execute("DELETE FROM web_sessions WHERE expires_at < now()", &[])
+        .await?;
     client
         .execute(
             &format!(

@@ -49,7 +49,12 @@ pub struct WebCli {
 pub struct AppState {
     pub site: String,
     database_url: String,
-    db: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// A few connections, used in turn, so one slow report does not hold up logins and
+    /// other users (tokio-postgres runs one connection's queries one after another).
+    db: Vec<tokio::sync::Mutex<Option<Arc<Client>>>>,
+    next_db: std::sync::atomic::AtomicUsize,
+    /// argon2 verifications at a time (each takes 19 MiB and a core for a moment).
+    pub password_checks: tokio::sync::Semaphore,
     pub throttle: auth::Throttle,
     /// The collector's metrics listener, for exporter health on the dashboard.
     pub collector_metrics: Option<SocketAddr>,
@@ -60,7 +65,14 @@ pub struct AppState {
 impl AppState {
     /// The shared connection, (re)connected and migrated on demand.
     pub async fn client(&self) -> Result<Arc<Client>, WebError> {
-        let mut guard = self.db.lock().await;
+        let i = self
+            .next_db
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.db.len().max(1);
+        let Some(slot) = self.db.get(i) else {
+            return Err(WebError::Internal(anyhow::anyhow!("no database slots")));
+        };
+        let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
@@ -70,6 +82,11 @@ impl AppState {
         crate::db::migrate(&mut client)
             .await
             .map_err(WebError::Unavailable)?;
+        // No request may keep the database busy for long.
+        client
+            .batch_execute("SET statement_timeout = '20s'")
+            .await
+            .map_err(|e| WebError::Unavailable(e.into()))?;
         let client = Arc::new(client);
         *guard = Some(client.clone());
         Ok(client)
@@ -107,34 +124,21 @@ impl From<tokio_postgres::Error> for WebError {
     }
 }
 
-impl IntoResponse for WebError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            WebError::Unauthenticated { api: false, next } => {
-                return Redirect::to(&format!("/login?next={}", view::encode(&next)))
-                    .into_response()
-            }
-            WebError::Unauthenticated { api: true, .. } => (
+impl WebError {
+    /// Status and message for the client (details of internal errors go to the log).
+    fn status_and_message(self) -> (StatusCode, String) {
+        match self {
+            WebError::Unauthenticated { .. } => (
                 StatusCode::UNAUTHORIZED,
                 "log in or send an API token".to_string(),
             ),
             WebError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            WebError::TooManyRequests(secs) => {
-                let mut r = (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    pages::error_page(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        &format!("too many failed logins: try again in {secs} s"),
-                    ),
-                )
-                    .into_response();
-                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                    r.headers_mut().insert(header::RETRY_AFTER, v);
-                }
-                return r;
-            }
+            WebError::TooManyRequests(secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed logins: try again in {secs} s"),
+            ),
             WebError::Unavailable(e) => {
                 tracing::warn!("database unavailable: {e:#}");
                 (
@@ -149,8 +153,42 @@ impl IntoResponse for WebError {
                     "internal error (see the web daemon's log)".to_string(),
                 )
             }
+        }
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let retry = match &self {
+            WebError::Unauthenticated { api: false, next } => {
+                return Redirect::to(&format!("/login?next={}", view::encode(next))).into_response()
+            }
+            WebError::TooManyRequests(secs) => Some(*secs),
+            _ => None,
         };
-        (status, pages::error_page(status, &message)).into_response()
+        let (status, message) = self.status_and_message();
+        let mut r = (status, pages::error_page(status, &message)).into_response();
+        if let Some(v) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
+    }
+}
+
+/// An API error: the same statuses as the pages, as JSON `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError(pub WebError);
+
+impl<E: Into<WebError>> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = self.0.status_and_message();
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
     }
 }
 
@@ -202,9 +240,12 @@ impl FromRequestParts<AppStateRef> for PageUser {
 }
 
 impl FromRequestParts<AppStateRef> for ApiUser {
-    type Rejection = WebError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, WebError> {
-        identity(parts, state, true).await.map(ApiUser)
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, ApiError> {
+        identity(parts, state, true)
+            .await
+            .map(ApiUser)
+            .map_err(ApiError)
     }
 }
 
@@ -244,6 +285,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/admin/grants/add", post(admin::add_grant))
         .route("/admin/grants/revoke", post(admin::revoke_grant))
         .route("/admin/tokens/add", post(admin::add_token))
+        .route("/admin/tokens/revoke", post(admin::revoke_token))
         .route("/admin/groups", get(admin::groups_page))
         .route("/admin/groups/add", post(admin::add_group))
         .route("/admin/groups/member", post(admin::add_member))
@@ -256,7 +298,10 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/api/v1/report", get(api::report))
         .route("/api/v1/series", get(api::series))
         .fallback(|| async { WebError::NotFound("no such page".into()) })
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .with_state(state)
 }
 
@@ -279,7 +324,9 @@ pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         site: config.site.name.clone(),
         database_url: config.database_url.clone(),
-        db: tokio::sync::Mutex::new(None),
+        db: (0..4).map(|_| tokio::sync::Mutex::new(None)).collect(),
+        next_db: std::sync::atomic::AtomicUsize::new(0),
+        password_checks: tokio::sync::Semaphore::new(2),
         throttle: auth::Throttle::default(),
         collector_metrics: config.collector.metrics,
         secure_cookies: tls.is_some(),
@@ -363,7 +410,10 @@ async fn healthz(State(state): State<AppStateRef>) -> Response {
     let db = tokio::time::timeout(std::time::Duration::from_secs(3), state.client()).await;
     let (status, database) = match db {
         Ok(Ok(_)) => (StatusCode::OK, "up".to_string()),
-        Ok(Err(WebError::Unavailable(e))) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+        Ok(Err(WebError::Unavailable(e))) => {
+            tracing::warn!("health check: database unavailable: {e:#}");
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable".to_string())
+        }
         Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "error".to_string()),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout".to_string()),
     };

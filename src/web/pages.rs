@@ -67,7 +67,14 @@ pub struct LoginQuery {
 /// Only local paths: a login link must not send the user elsewhere.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -134,8 +141,13 @@ pub async fn login(
     }
     let address = peer.ip().to_string();
     let user = form.user.trim().to_lowercase();
-    if user.len() > 64 || user.chars().any(char::is_control) || form.password.contains('\0') {
-        state.throttle.failed(&user, &address);
+    // No user name is this long or odd: refuse without spending a hash or a throttle
+    // entry on it.
+    if user.len() > 64
+        || user.chars().any(char::is_control)
+        || form.password.len() > 1024
+        || form.password.contains('\0')
+    {
         return Ok(login_page(
             &state,
             &next,
@@ -145,10 +157,21 @@ pub async fn login(
     if let Some(wait) = state.throttle.wait(&user, &address) {
         return Err(WebError::TooManyRequests(wait.as_secs().max(1)));
     }
+    // The attempt counts before the (slow) check, so parallel guesses cannot all slip
+    // under the limit; a success takes it back.
+    state.throttle.failed(&user, &address);
     let client = state.client().await?;
-    match auth::check_password(&client, &user, &form.password).await? {
+    let checked = {
+        let _permit = state
+            .password_checks
+            .acquire()
+            .await
+            .map_err(|e| WebError::Internal(e.into()))?;
+        auth::check_password(&client, &user, &form.password).await?
+    };
+    match checked {
         Some(mut who) => {
-            state.throttle.succeeded(&user);
+            state.throttle.forgive(&user, &address);
             let token = auth::create_session(&client, &mut who).await?;
             crate::users::audit(&client, &format!("web:{user}"), "login.ok", &user, &address)
                 .await?;
@@ -164,7 +187,6 @@ pub async fn login(
             Ok(res)
         }
         None => {
-            state.throttle.failed(&user, &address);
             crate::users::audit(
                 &client,
                 &format!("web:{address}"),
@@ -387,6 +409,16 @@ pub async fn report(
             by.as_str()
         );
     }
+    for (label, direction) in [
+        ("in", crate::collector::batch::Direction::In),
+        ("out", crate::collector::batch::Direction::Out),
+    ] {
+        let _ = write!(
+            body,
+            "<a href=\"{}\">{label}</a>",
+            escape(&view.link("/report", |v| v.direction = direction))
+        );
+    }
     for (label, rank) in [
         ("top by total", crate::report::Rank::Total),
         ("by max", crate::report::Rank::Max),
@@ -415,6 +447,43 @@ pub async fn report(
         escape(&view.link("/report.csv", |_| {})),
         escape(&view.link("/graph.svg", |_| {}))
     );
+    // Any period by hand (the calendar of the old frontend); the rest of the view stays.
+    let _ = write!(
+        body,
+        "<form method=\"get\" action=\"/report\" class=\"view\"><input type=\"hidden\" name=\"by\" value=\"{}\">",
+        view.by.as_str()
+    );
+    for (name, value) in [
+        ("exporter", view.exporter.clone()),
+        ("interface", view.interface.clone()),
+        ("group", view.group.clone()),
+        ("top", Some(view.top.to_string())),
+        (
+            "direction",
+            Some(
+                if view.direction == crate::collector::batch::Direction::Out {
+                    "out"
+                } else {
+                    "in"
+                }
+                .to_string(),
+            ),
+        ),
+    ] {
+        if let Some(v) = value {
+            let _ = write!(
+                body,
+                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                escape(&v)
+            );
+        }
+    }
+    let _ = write!(
+        body,
+        "<label>From <input name=\"from\" value=\"{}\"></label><label>To <input name=\"to\" value=\"{}\"></label><button type=\"submit\">Show</button></form>",
+        view.from.format("%Y-%m-%d %H:%M"),
+        view.to.format("%Y-%m-%d %H:%M")
+    );
     let _ = write!(
         body,
         "<p><img src=\"{}\" alt=\"traffic by {} over time\" width=\"960\" height=\"360\"></p>",
@@ -435,8 +504,11 @@ pub async fn report(
                 "SELECT i.speed_bps FROM interfaces i JOIN exporters e ON e.id = i.exporter_id
                  WHERE (e.name = $1 OR host(e.address) = $1)
                    AND (i.ifindex::text = $2 OR i.name = $2 OR i.description = $2)
-                   AND i.speed_bps > 0",
-                &[e, i],
+                   AND i.speed_bps > 0
+                   AND ($3::int IS NULL OR (i.exporter_id, i.ifindex) IN
+                        (SELECT v.exporter_id, v.ifindex FROM flowstage_visible_interfaces($3) v))
+                 ORDER BY i.ifindex LIMIT 1",
+                &[e, i, &restriction(&who)],
             )
             .await?
             .and_then(|row| row.get(0));
@@ -489,8 +561,13 @@ pub async fn graph_svg(
     PageUser(who): PageUser,
     Query(params): Query<ViewParams>,
 ) -> Result<Response, WebError> {
-    let (view, r) = run_view(&state, &who, &params).await?;
+    let (mut view, mut r) = run_view(&state, &who, &params).await?;
     let client = state.client().await?;
+    // A readable graph, and a bounded one: at most 20 keys plus "other".
+    if view.top > 20 {
+        view.top = 20;
+        r = report::run(&client, &view.query(restriction(&who))).await?;
+    }
     let step = report::step_for(view.from, view.to, 120);
     let s = report::series(&client, &view.query(restriction(&who)), &r, step, view.unit).await?;
     let title = format!("{} by {}", super::svg::unit_of(&s).0, view.by.as_str());

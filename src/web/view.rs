@@ -70,6 +70,14 @@ impl View {
         };
         let to = parse(p.to.as_deref(), "now")?;
         let from = parse(p.from.as_deref(), "-1d")?;
+        // Flows exist between 1970 and the year 9999; outside, dates only overflow.
+        let earliest = DateTime::<Utc>::UNIX_EPOCH;
+        let latest = DateTime::parse_from_rfc3339("9999-01-01T00:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(earliest);
+        if from < earliest || to > latest {
+            return Err("times must lie between 1970 and 9999".into());
+        }
         if from >= to {
             return Err("from must be before to".into());
         }
@@ -177,19 +185,29 @@ impl View {
     pub fn shifted(&self, path: &str, forward: bool) -> String {
         let span = self.to - self.from;
         self.link(path, |v| {
-            if forward {
-                v.from += span;
-                v.to += span;
+            let moved = if forward {
+                v.from
+                    .checked_add_signed(span)
+                    .zip(v.to.checked_add_signed(span))
             } else {
-                v.from -= span;
-                v.to -= span;
+                v.from
+                    .checked_sub_signed(span)
+                    .zip(v.to.checked_sub_signed(span))
+            };
+            if let Some((from, to)) = moved {
+                v.from = from;
+                v.to = to;
             }
         })
     }
 
     /// A period of `secs` ending where this one ends.
     pub fn zoomed(&self, path: &str, secs: i64) -> String {
-        self.link(path, |v| v.from = v.to - TimeDelta::seconds(secs))
+        self.link(path, |v| {
+            if let Some(from) = v.to.checked_sub_signed(TimeDelta::seconds(secs)) {
+                v.from = from;
+            }
+        })
     }
 }
 

@@ -274,6 +274,29 @@ fn login_csrf_throttling_expiry_and_logout() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
 
+    // The page after login is on this site, whatever `next` says.
+    for next in [
+        "//evil.example/",
+        "/\t/evil.example",
+        "https://evil.example/",
+        "/\r\nSet-Cookie:x=1",
+    ] {
+        let page = get(&format!("{base}/login"), None);
+        let csrf = form_value(&page.body, "csrf");
+        let cookie = page.cookie("fs_login_csrf").unwrap();
+        let r = request(
+            "POST",
+            &format!("{base}/login"),
+            Some(&format!("fs_login_csrf={cookie}")),
+            Some(&format!(
+                "csrf={csrf}&next={}&user=ops&password=the+right+password",
+                enc(next)
+            )),
+            None,
+        );
+        assert_eq!(r.status, 303, "{next}: {}", r.body);
+        assert_eq!(r.headers["location"], "/", "{next}");
+    }
     let wrong = login(&base, "ops", "wrong").unwrap_err();
     assert_eq!(wrong.status, 401);
     assert!(wrong.body.contains("wrong user name or password"));
@@ -341,7 +364,9 @@ fn login_csrf_throttling_expiry_and_logout() {
         "SELECT string_agg(action, ',' ORDER BY id) FROM audit_log WHERE action LIKE 'log%'",
     );
     assert!(
-        audit.starts_with("login.fail,login.ok,logout,login.ok,login.fail"),
+        audit.starts_with(
+            "login.ok,login.ok,login.ok,login.ok,login.fail,login.ok,logout,login.ok,login.fail"
+        ),
         "{audit}"
     );
 }
@@ -652,6 +677,7 @@ fn numbers_and_authorization_matrix() {
         "to",
         "top",
         "unit",
+        "rank",
         "points",
         "x",
     ];
@@ -696,6 +722,55 @@ fn numbers_and_authorization_matrix() {
         );
         assert!(!r.body.contains("<script"), "{path} needs no JavaScript");
     }
+    // Dates at the edges of the calendar are refused, not overflowed.
+    for q in [
+        "from=%2B262142-12-01&to=%2B262142-12-30",
+        "from=-360000w&to=-359999w",
+        "from=1969-12-31&to=1970-01-02",
+    ] {
+        for path in ["/report", "/api/v1/report", "/graph.svg"] {
+            let r = get(&format!("{base}{path}?{q}"), Some(&admin));
+            assert_eq!(r.status, 400, "{path}?{q}: {}", r.body);
+        }
+    }
+    // API errors are JSON, as the OpenAPI document says.
+    let r = get(
+        &format!("{base}/api/v1/report?exporter={hidden}"),
+        Some(&viewer),
+    );
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().is_some(), "{}", r.body);
+    assert!(get(&format!("{base}/api/v1/me"), None).json()["error"].is_string());
+    // The viewer's dashboard and exporter list do not mention the hidden exporter, and
+    // narrowing by interface or group does not reach it either.
+    let dash = get(&format!("{base}/"), Some(&viewer));
+    assert_eq!(dash.status, 200);
+    assert!(
+        dash.body.contains(granted) && !dash.body.contains(hidden),
+        "{}",
+        dash.body
+    );
+    for q in [
+        format!("exporter={hidden}&interface=1"),
+        format!("interface=1&exporter={hidden}&by=src-ip"),
+        "group=nosuch".to_string(),
+    ] {
+        let r = get(&format!("{base}/api/v1/report?{q}&{period}"), Some(&viewer));
+        assert_eq!(r.status, 404, "{q}: {}", r.body);
+    }
+    // interface=1 without an exporter: only the viewer's own interface 1.
+    let one = get(
+        &format!("{base}/api/v1/report?interface=1&by=exporter&{period}"),
+        Some(&viewer),
+    )
+    .json();
+    let keys: Vec<&str> = one["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, [granted], "{one}");
     // The OpenAPI document describes what is served.
     let doc = get(&format!("{base}/api/v1/openapi.json"), None).json();
     for p in [
@@ -920,6 +995,54 @@ fn admin_pages_manage_users_groups_grants_and_tokens() {
     )
     .json();
     assert_eq!(me["name"], "cust");
+    // A second token, revoked on the admin page, stops working; the first one does not.
+    let r = post(
+        "/admin/tokens/add",
+        &format!("csrf={csrf}&user=cust&name=temp"),
+        &admin,
+    );
+    let temp = r
+        .body
+        .split("<code id=\"token\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        request("GET", &format!("{base}/api/v1/me"), None, None, Some(&temp)).status,
+        200
+    );
+    let users_page = get(&format!("{base}/admin/users"), Some(&admin)).body;
+    assert!(
+        users_page.contains(">temp<") && !users_page.contains(&temp),
+        "tokens are listed by name only"
+    );
+    assert_eq!(
+        post(
+            "/admin/tokens/revoke",
+            &format!("csrf={csrf}&user=cust&name=temp"),
+            &admin
+        )
+        .status,
+        303
+    );
+    assert_eq!(
+        request("GET", &format!("{base}/api/v1/me"), None, None, Some(&temp)).status,
+        401
+    );
+    assert_eq!(
+        request(
+            "GET",
+            &format!("{base}/api/v1/me"),
+            None,
+            None,
+            Some(&token)
+        )
+        .status,
+        200
+    );
 
     // Disabling ends the user's sessions at once.
     assert_eq!(

@@ -276,6 +276,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/logout", post(pages::logout))
         .route("/report", get(pages::report))
         .route("/report.csv", get(pages::report_csv))
+        .route("/interface", get(pages::interface_page))
         .route("/graph.svg", get(pages::graph_svg))
         .route("/static/style.css", get(pages::stylesheet))
         .route("/admin/users", get(admin::users_page))

@@ -286,10 +286,10 @@ fn report_table(view: &View, r: &report::Report, previous: Option<&report::Repor
             ReportBy::Interface if row.key != "other" => match row.key.rsplit_once(':') {
                 Some((exporter, ifindex)) => format!(
                     "<a href=\"{}\">{}</a>",
-                    escape(&view.link("/report", |v| {
+                    escape(&view.link("/interface", |v| {
                         v.exporter = Some(exporter.to_string());
                         v.interface = Some(ifindex.to_string());
-                        v.by = ReportBy::DstPort;
+                        v.by = ReportBy::Total;
                     })),
                     escape(&row.key)
                 ),
@@ -576,6 +576,81 @@ pub async fn graph_svg(
         super::svg::stacked_bits(&s, &title),
     )
         .into_response())
+}
+
+/// One interface at a glance: its in and out traffic as graphs, and the top five of
+/// every report kind for the period, each linking to the full report.
+pub async fn interface_page(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    Query(params): Query<ViewParams>,
+) -> Result<Response, WebError> {
+    let mut view = View::parse(&params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
+    let (Some(exporter), Some(interface)) = (view.exporter.clone(), view.interface.clone()) else {
+        return Err(WebError::BadRequest(
+            "an interface page needs exporter= and interface=".into(),
+        ));
+    };
+    let client = state.client().await?;
+    super::check_scope(&client, &who, Some(&exporter), Some(&interface)).await?;
+    view.top = 5;
+    let mut body = format!(
+        "<h1>{} interface {}</h1><p>{} to {} UTC</p><p class=\"nav\"><a href=\"{}\">◀ previous</a><a href=\"{}\">next ▶</a>",
+        escape(&exporter),
+        escape(&interface),
+        view.from.format("%Y-%m-%d %H:%M"),
+        view.to.format("%Y-%m-%d %H:%M"),
+        escape(&view.shifted("/interface", false)),
+        escape(&view.shifted("/interface", true)),
+    );
+    for (name, secs) in ZOOMS {
+        let _ = write!(
+            body,
+            "<a href=\"{}\">{name}</a>",
+            escape(&view.zoomed("/interface", secs))
+        );
+    }
+    body.push_str("</p>");
+    for (label, direction) in [
+        ("in", crate::collector::batch::Direction::In),
+        ("out", crate::collector::batch::Direction::Out),
+    ] {
+        let graph = view.link("/graph.svg", |v| {
+            v.direction = direction;
+            v.by = ReportBy::Total;
+        });
+        let _ = write!(
+            body,
+            "<h2>{label}</h2><p><img src=\"{}\" alt=\"{label} traffic\" width=\"960\" height=\"360\"></p>",
+            escape(&graph)
+        );
+    }
+    for by in [
+        ReportBy::SrcAs,
+        ReportBy::DstAs,
+        ReportBy::SrcIp,
+        ReportBy::DstIp,
+        ReportBy::SrcPort,
+        ReportBy::DstPort,
+        ReportBy::Proto,
+    ] {
+        let v = View { by, ..view.clone() };
+        let r = report::run(&client, &v.query(restriction(&who))).await?;
+        let _ = write!(
+            body,
+            "<h2><a href=\"{}\">{}</a></h2>",
+            escape(&v.link("/report", |x| x.top = 20)),
+            by.as_str()
+        );
+        body.push_str(&report_table(&v, &r, None));
+    }
+    Ok(layout(
+        &format!("{exporter} interface {interface}"),
+        Some(&who),
+        &state.site,
+        &body,
+    )
+    .into_response())
 }
 
 /// Per-exporter counters from the running collector (its Prometheus text), if the

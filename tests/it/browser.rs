@@ -38,6 +38,24 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// The page's main heading once the page has settled on one matching `want` (a click
+/// navigates asynchronously: the old page's heading may still be there, or go stale).
+async fn heading(c: &fantoccini::Client, want: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        if let Ok(h1) = c.find(Locator::Css("main h1")).await {
+            if let Ok(text) = h1.text().await {
+                if want(&text) {
+                    return text;
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the page never showed the expected heading; last seen: {last:?}")
+}
+
 fn artifacts() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
@@ -192,8 +210,7 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
             c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
 
             // The dashboard: both exporters, a graph, the busiest interfaces.
-            let h1 = c.wait().for_element(Locator::Css("main h1")).await.unwrap();
-            assert_eq!(h1.text().await.unwrap(), "Last 24 hours");
+            heading(&c, |h| h == "Last 24 hours").await;
             let body = c.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
             assert!(body.contains("127.0.0.40") && body.contains("127.0.0.41"), "{body}");
             // Health from the running collector: recent packets, no loss, no errors.
@@ -210,27 +227,51 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
 
             // An exporter's interfaces, then the time navigator.
             c.find(Locator::LinkText("127.0.0.40")).await.unwrap().click().await.unwrap();
-            let h1 = c.wait().for_element(Locator::Css("main h1")).await.unwrap();
-            assert_eq!(h1.text().await.unwrap(), "127.0.0.40 by interface");
+            heading(&c, |h| h == "127.0.0.40 by interface").await;
             shot("exporter").await;
             let before = c.current_url().await.unwrap();
             c.find(Locator::XPath("//a[contains(., 'previous')]")).await.unwrap().click().await.unwrap();
-            let after = c.current_url().await.unwrap();
+            let mut after = c.current_url().await.unwrap();
+            for _ in 0..100 {
+                if after != before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                after = c.current_url().await.unwrap();
+            }
             assert_ne!(before, after);
+            heading(&c, |h| h == "127.0.0.40 by interface").await;
             let table = c.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
             assert!(!table.contains("127.0.0.40:"), "yesterday has no traffic: {table}");
             c.find(Locator::XPath("//a[contains(., 'next')]")).await.unwrap().click().await.unwrap();
-            assert_eq!(c.current_url().await.unwrap(), before);
+            let mut back = c.current_url().await.unwrap();
+            for _ in 0..100 {
+                if back == before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                back = c.current_url().await.unwrap();
+            }
+            assert_eq!(back, before);
 
             // Drill down from an interface to its destination ports.
             let first = c.find(Locator::Css("tbody td a")).await.unwrap();
             let interface = first.text().await.unwrap();
             first.click().await.unwrap();
-            let h1 = c.wait().for_element(Locator::Css("main h1")).await.unwrap();
-            let heading = h1.text().await.unwrap();
-            let ifindex = interface.rsplit(':').next().unwrap();
-            assert_eq!(heading, format!("127.0.0.40 interface {ifindex} by dst-port"));
+            let ifindex = interface.rsplit(':').next().unwrap().to_string();
+            // The interface page: in and out graphs, a table for every report kind.
+            let want = format!("127.0.0.40 interface {ifindex}");
+            heading(&c, |h| h == want).await;
+            let graphs = c.find_all(Locator::Css("main img")).await.unwrap();
+            assert_eq!(graphs.len(), 2, "in and out");
+            let tables = c.find_all(Locator::Css("main table")).await.unwrap();
+            assert_eq!(tables.len(), 7, "one per report kind");
             shot("interface").await;
+            // ... and from there the full report of its destination ports.
+            c.find(Locator::LinkText("dst-port")).await.unwrap().click().await.unwrap();
+            let want = format!("127.0.0.40 interface {ifindex} by dst-port");
+            heading(&c, |h| h == want).await;
+            shot("interface-ports").await;
 
             // CSV export of the whole period by exporter: the flows add up to what was sent.
             c.goto(&format!("{base}/report?by=exporter&from=-1d&to=%2B1h&top=50")).await.unwrap();

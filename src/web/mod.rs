@@ -278,6 +278,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/report.csv", get(pages::report_csv))
         .route("/interface", get(pages::interface_page))
         .route("/graph.svg", get(pages::graph_svg))
+        .route("/graph.png", get(pages::graph_png))
         .route("/static/style.css", get(pages::stylesheet))
         .route("/admin/users", get(admin::users_page))
         .route("/admin/users/add", post(admin::add_user))

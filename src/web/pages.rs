@@ -443,9 +443,10 @@ pub async fn report(
     }
     let _ = write!(
         body,
-        "<a href=\"{}\">CSV</a><a href=\"{}\">SVG</a></p>",
+        "<a href=\"{}\">CSV</a><a href=\"{}\">SVG</a><a href=\"{}\">PNG</a></p>",
         escape(&view.link("/report.csv", |_| {})),
-        escape(&view.link("/graph.svg", |_| {}))
+        escape(&view.link("/graph.svg", |_| {})),
+        escape(&view.link("/graph.png", |_| {}))
     );
     // Any period by hand (the calendar of the old frontend); the rest of the view stays.
     let _ = write!(
@@ -556,12 +557,9 @@ pub async fn report_csv(
         .into_response())
 }
 
-pub async fn graph_svg(
-    State(state): State<Arc<AppState>>,
-    PageUser(who): PageUser,
-    Query(params): Query<ViewParams>,
-) -> Result<Response, WebError> {
-    let (mut view, mut r) = run_view(&state, &who, &params).await?;
+/// The graph of a view as SVG text.
+async fn graph(state: &AppState, who: &Identity, params: &ViewParams) -> Result<String, WebError> {
+    let (mut view, mut r) = run_view(state, who, params).await?;
     let client = state.client().await?;
     // A readable graph, and a bounded one: at most 20 keys plus "other".
     if view.top > 20 {
@@ -569,13 +567,31 @@ pub async fn graph_svg(
         r = report::run(&client, &view.query(restriction(&who))).await?;
     }
     let step = report::step_for(view.from, view.to, 120);
-    let s = report::series(&client, &view.query(restriction(&who)), &r, step, view.unit).await?;
+    let s = report::series(&client, &view.query(restriction(who)), &r, step, view.unit).await?;
     let title = format!("{} by {}", super::svg::unit_of(&s).0, view.by.as_str());
-    Ok((
-        [(header::CONTENT_TYPE, "image/svg+xml")],
-        super::svg::stacked_bits(&s, &title),
-    )
-        .into_response())
+    Ok(super::svg::stacked_bits(&s, &title))
+}
+
+pub async fn graph_svg(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    Query(params): Query<ViewParams>,
+) -> Result<Response, WebError> {
+    let svg = graph(&state, &who, &params).await?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+/// The same graph as PNG, rendered on the server from the SVG.
+pub async fn graph_png(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    Query(params): Query<ViewParams>,
+) -> Result<Response, WebError> {
+    let svg = graph(&state, &who, &params).await?;
+    let png = tokio::task::spawn_blocking(move || super::svg::to_png(&svg))
+        .await
+        .map_err(|e| WebError::Internal(e.into()))??;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
 /// One interface at a glance: its in and out traffic as graphs, and the top five of

@@ -172,6 +172,33 @@ pub fn stacked_bits(series: &Series, title: &str) -> String {
     svg
 }
 
+/// Render an SVG to PNG (for the graph downloads), with the system's fonts, loaded
+/// once.
+pub fn to_png(svg: &str) -> anyhow::Result<Vec<u8>> {
+    use resvg::usvg;
+    static FONTS: std::sync::OnceLock<std::sync::Arc<usvg::fontdb::Database>> =
+        std::sync::OnceLock::new();
+    let fonts = FONTS.get_or_init(|| {
+        let mut db = usvg::fontdb::Database::new();
+        db.load_system_fonts();
+        std::sync::Arc::new(db)
+    });
+    let options = usvg::Options {
+        fontdb: fonts.clone(),
+        ..usvg::Options::default()
+    };
+    let tree = usvg::Tree::from_str(svg, &options)?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| anyhow::anyhow!("empty graph"))?;
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::default(),
+        &mut pixmap.as_mut(),
+    );
+    Ok(pixmap.encode_png()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +223,8 @@ mod tests {
             "{svg}"
         );
         assert_eq!(si(1_234_567.0), "1.23 M");
+        let png = to_png(&svg).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(png.len() > 1000);
     }
 }

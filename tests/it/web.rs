@@ -524,6 +524,19 @@ fn numbers_and_authorization_matrix() {
     assert!(
         svg.body.starts_with("<svg") && svg.body.contains(granted) && svg.body.contains("bit/s")
     );
+    let png = runtime().block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+            .get(format!("{base}/graph.png?by=exporter&{period}"))
+            .header("cookie", &admin)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // The rendered table shows the same total.
     let page = get(
         &format!("{base}/report?by=exporter&{period}"),
@@ -574,11 +587,13 @@ fn numbers_and_authorization_matrix() {
         "/report",
         "/report.csv",
         "/graph.svg",
+        "/graph.png",
+        "/interface",
         "/api/v1/report",
         "/api/v1/series",
     ];
     for path in scoped {
-        let url_hidden = format!("{base}{path}?exporter={hidden}&by=dst-port&{period}");
+        let url_hidden = format!("{base}{path}?exporter={hidden}&interface=1&by=dst-port&{period}");
         for (cookie, bearer) in [(Some(viewer.as_str()), None), (None, Some(token.as_str()))] {
             if bearer.is_some() && !path.starts_with("/api") {
                 continue;

@@ -564,7 +564,7 @@ async fn graph(state: &AppState, who: &Identity, params: &ViewParams) -> Result<
     // A readable graph, and a bounded one: at most 20 keys plus "other".
     if view.top > 20 {
         view.top = 20;
-        r = report::run(&client, &view.query(restriction(&who))).await?;
+        r = report::run(&client, &view.query(restriction(who))).await?;
     }
     let step = report::step_for(view.from, view.to, 120);
     let s = report::series(&client, &view.query(restriction(who)), &r, step, view.unit).await?;

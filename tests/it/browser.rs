@@ -22,6 +22,29 @@ impl Drop for Killed {
     }
 }
 
+/// Ends (SIGKILL) every process whose command line mentions a marker, on drop.
+struct EndProcessesUsing(String);
+
+impl Drop for EndProcessesUsing {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&self.0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -159,6 +182,11 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
     }
     assert!(add.wait().unwrap().success());
 
+    // The browser's own profile directory; whatever happens to the test, every process
+    // started with it is ended at the end (chromedriver does not when it is killed).
+    let profile = tempfile::tempdir().unwrap();
+    let _browser = EndProcessesUsing(profile.path().display().to_string());
+    let profile_arg = format!("--user-data-dir={}", profile.path().display());
     let driver_port = free_tcp_port();
     let _driver = Killed(
         Command::new(driver)
@@ -183,7 +211,7 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
                 "goog:chromeOptions".into(),
                 serde_json::json!({
                     "binary": chromium,
-                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000", profile_arg]
                 }),
             );
             // chromedriver speaks plain HTTP on loopback.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::auth::Identity;
-use super::view::{View, ViewParams};
+use super::view::ViewParams;
 use super::{check_scope, restriction, ApiError, ApiUser, AppState, WebError};
 use crate::report;
 
@@ -122,31 +122,12 @@ pub async fn interfaces(
     Ok(Json(list).into_response())
 }
 
-async fn view_report(
-    state: &AppState,
-    who: &Identity,
-    params: &ViewParams,
-) -> Result<(View, report::Report, Arc<Client>), WebError> {
-    let view = View::parse(params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
-    let client = state.client().await?;
-    super::check_scope_in_group(
-        &client,
-        who,
-        view.exporter.as_deref(),
-        view.interface.as_deref(),
-        view.group.as_deref(),
-    )
-    .await?;
-    let r = report::run(&client, &view.query(restriction(who))).await?;
-    Ok((view, r, client))
-}
-
 pub async fn report(
     State(state): State<Arc<AppState>>,
     ApiUser(who): ApiUser,
     Query(params): Query<ViewParams>,
 ) -> Result<Response, ApiError> {
-    let (_, r, _) = view_report(&state, &who, &params).await?;
+    let (_, r, _) = super::run_view(&state, &who, &params).await?;
     Ok(Json(r).into_response())
 }
 
@@ -170,7 +151,7 @@ pub async fn series(
             .filter(|n| (1..=2000).contains(n))
             .ok_or_else(|| WebError::BadRequest(format!("points={p:?}: expected 1 to 2000")))?,
     };
-    let (view, r, client) = view_report(&state, &who, &q.view).await?;
+    let (view, r, client) = super::run_view(&state, &who, &q.view).await?;
     // A bounded answer: keys × steps.
     if (r.rows.len() as i64) * points > 200_000 {
         return Err(WebError::BadRequest(format!(

@@ -495,6 +495,27 @@ pub async fn check_scope_in_group(
     Ok(())
 }
 
+/// A report view from its URL: parsed, its scope checked against the user's grants,
+/// and run restricted to them (pages and API alike).
+pub async fn run_view(
+    state: &AppState,
+    who: &Identity,
+    params: &view::ViewParams,
+) -> Result<(view::View, crate::report::Report, Arc<Client>), WebError> {
+    let view = view::View::parse(params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
+    let client = state.client().await?;
+    check_scope_in_group(
+        &client,
+        who,
+        view.exporter.as_deref(),
+        view.interface.as_deref(),
+        view.group.as_deref(),
+    )
+    .await?;
+    let r = crate::report::run(&client, &view.query(restriction(who))).await?;
+    Ok((view, r, client))
+}
+
 /// The user id to restrict queries to (None for admins).
 pub fn restriction(who: &Identity) -> Option<i32> {
     (who.role != crate::users::Role::Admin).then_some(who.user_id)

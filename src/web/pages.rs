@@ -331,31 +331,12 @@ fn report_table(view: &View, r: &report::Report, previous: Option<&report::Repor
     t
 }
 
-async fn run_view(
-    state: &AppState,
-    who: &Identity,
-    params: &ViewParams,
-) -> Result<(View, report::Report), WebError> {
-    let view = View::parse(params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
-    let client = state.client().await?;
-    super::check_scope_in_group(
-        &client,
-        who,
-        view.exporter.as_deref(),
-        view.interface.as_deref(),
-        view.group.as_deref(),
-    )
-    .await?;
-    let r = report::run(&client, &view.query(restriction(who))).await?;
-    Ok((view, r))
-}
-
 pub async fn report(
     State(state): State<Arc<AppState>>,
     PageUser(who): PageUser,
     Query(params): Query<ViewParams>,
 ) -> Result<Response, WebError> {
-    let (view, r) = run_view(&state, &who, &params).await?;
+    let (view, r, client) = super::run_view(&state, &who, &params).await?;
     let mut body = String::new();
     let scope = match (&view.group, &view.exporter, &view.interface) {
         (Some(g), _, _) => format!("group {g}"),
@@ -409,36 +390,27 @@ pub async fn report(
             by.as_str()
         );
     }
-    for (label, direction) in [
-        ("in", crate::collector::batch::Direction::In),
-        ("out", crate::collector::batch::Direction::Out),
-    ] {
+    // Direction, ranking and unit: each a link to the same view with one thing changed.
+    type Change<'a> = (&'a str, &'a dyn Fn(&mut View));
+    let changes: [Change; 8] = [
+        ("in", &|v| {
+            v.direction = crate::collector::batch::Direction::In
+        }),
+        ("out", &|v| {
+            v.direction = crate::collector::batch::Direction::Out
+        }),
+        ("top by total", &|v| v.rank = crate::report::Rank::Total),
+        ("by max", &|v| v.rank = crate::report::Rank::Max),
+        ("by 95th percentile", &|v| v.rank = crate::report::Rank::P95),
+        ("bit/s", &|v| v.unit = crate::report::Measure::Bytes),
+        ("pkt/s", &|v| v.unit = crate::report::Measure::Packets),
+        ("flows/s", &|v| v.unit = crate::report::Measure::Flows),
+    ];
+    for (label, change) in changes {
         let _ = write!(
             body,
             "<a href=\"{}\">{label}</a>",
-            escape(&view.link("/report", |v| v.direction = direction))
-        );
-    }
-    for (label, rank) in [
-        ("top by total", crate::report::Rank::Total),
-        ("by max", crate::report::Rank::Max),
-        ("by 95th percentile", crate::report::Rank::P95),
-    ] {
-        let _ = write!(
-            body,
-            "<a href=\"{}\">{label}</a>",
-            escape(&view.link("/report", |v| v.rank = rank))
-        );
-    }
-    for (label, unit) in [
-        ("bit/s", crate::report::Measure::Bytes),
-        ("pkt/s", crate::report::Measure::Packets),
-        ("flows/s", crate::report::Measure::Flows),
-    ] {
-        let _ = write!(
-            body,
-            "<a href=\"{}\">{label}</a>",
-            escape(&view.link("/report", |v| v.unit = unit))
+            escape(&view.link("/report", change))
         );
     }
     let _ = write!(
@@ -492,7 +464,6 @@ pub async fn report(
         view.by.as_str()
     );
     // The same report for the period just before, for the change column.
-    let client = state.client().await?;
     let span = view.to - view.from;
     let mut earlier = view.query(restriction(&who));
     earlier.from -= span;
@@ -537,7 +508,7 @@ pub async fn report_csv(
     PageUser(who): PageUser,
     Query(params): Query<ViewParams>,
 ) -> Result<Response, WebError> {
-    let (view, r) = run_view(&state, &who, &params).await?;
+    let (view, r, _) = super::run_view(&state, &who, &params).await?;
     let csv = r.render(crate::report::ReportFormat::Csv)?;
     let name = format!(
         "flowstage-{}-{}.csv",
@@ -559,8 +530,7 @@ pub async fn report_csv(
 
 /// The graph of a view as SVG text.
 async fn graph(state: &AppState, who: &Identity, params: &ViewParams) -> Result<String, WebError> {
-    let (mut view, mut r) = run_view(state, who, params).await?;
-    let client = state.client().await?;
+    let (mut view, mut r, client) = super::run_view(state, who, params).await?;
     // A readable graph, and a bounded one: at most 20 keys plus "other".
     if view.top > 20 {
         view.top = 20;

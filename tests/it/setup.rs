@@ -503,17 +503,7 @@ fn an_install_interrupted_after_any_step_converges_when_rerun() {
     let want = tree(reference.path());
     let answers = example_answers();
     let args = ["install", "--answers", answers.to_str().unwrap(), "--yes"];
-    for step in [
-        "packages",
-        "cleanup",
-        "user",
-        "config",
-        "time",
-        "mail",
-        "postgresql",
-        "binaries",
-        "services",
-    ] {
+    for step in flowstage::setup::steps::STEP_NAMES {
         let root = tempfile::tempdir().unwrap();
         let o = setup_env(root.path(), &args, &[("FLOWSTAGE_SETUP_ABORT_AFTER", step)]);
         assert_eq!(o.status.code(), Some(99), "{step}: {}", text(&o));

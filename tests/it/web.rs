@@ -160,6 +160,17 @@ fn login(base: &str, user: &str, password: &str) -> Result<String, Answer> {
     }
 }
 
+/// Every value of every step of a series answer.
+fn series_sum(series: &serde_json::Value) -> u64 {
+    series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["values"].as_array().unwrap().iter())
+        .map(|v| v.as_u64().unwrap())
+        .sum()
+}
+
 fn add_user(url: &str, name: &str, role: &str, password: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowstage-setup"))
         .args([
@@ -484,18 +495,7 @@ fn numbers_and_authorization_matrix() {
         Some(&admin),
     )
     .json();
-    let stacked: u64 = s["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            p["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b.as_u64().unwrap())
-        })
-        .sum();
+    let stacked = series_sum(&s);
     assert_eq!(stacked, expected.total.bytes, "{s}");
     let p = get(
         &format!("{base}/api/v1/series?by=proto&unit=packets&{period}"),
@@ -503,18 +503,7 @@ fn numbers_and_authorization_matrix() {
     )
     .json();
     assert_eq!(p["measure"], "packets");
-    let packets: u64 = p["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            p["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b.as_u64().unwrap())
-        })
-        .sum();
+    let packets = series_sum(&p);
     assert_eq!(packets, expected.total.packets);
     let svg = get(
         &format!("{base}/graph.svg?by=exporter&{period}"),

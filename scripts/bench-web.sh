@@ -46,7 +46,9 @@ for _ in $(seq 100); do curl -sf "127.0.0.1:$webport/healthz" >/dev/null && brea
 echo "# loading $EXPORTERS exporters × $INTERFACES interfaces × $MINUTES minutes, $KEYS keys per report kind" >&2
 start=$(date +%s)
 psql -h "$work" -p "$port" -U postgres -d bench -q <<SQL
+\o /dev/null
 SELECT count(flowstage_ensure_day(d::date)) FROM generate_series(now() - interval '$MINUTES minutes' - interval '1 day', now(), interval '1 day') d;
+\o
 INSERT INTO exporters (address) SELECT ('10.0.' || (e / 256) || '.' || (e % 256))::inet FROM generate_series(1, $EXPORTERS) e;
 INSERT INTO interfaces (exporter_id, ifindex) SELECT e.id, i FROM exporters e, generate_series(1, $INTERFACES) i;
 CREATE TEMP TABLE buckets AS

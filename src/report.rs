@@ -260,10 +260,18 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
     } else {
         (q.top * 5).max(200)
     };
+    // One scan gives the top rows and, by a window over all groups ("other" included),
+    // the table's sum that "other" is computed from.
     let grouped = format!(
-        "SELECT {key} AS k, sum(t.bytes)::bigint, sum(t.packets)::bigint, sum(t.flows)::bigint
-         FROM {table} t JOIN exporters e ON e.id = t.exporter_id
-         WHERE {filter} {extra} AND {key} IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {candidates}"
+        "SELECT k, b, p, f, tb, tp, tf FROM (
+             SELECT {key} AS k, sum(t.bytes)::bigint AS b, sum(t.packets)::bigint AS p,
+                    sum(t.flows)::bigint AS f,
+                    (sum(sum(t.bytes)) OVER ())::bigint AS tb,
+                    (sum(sum(t.packets)) OVER ())::bigint AS tp,
+                    (sum(sum(t.flows)) OVER ())::bigint AS tf
+             FROM {table} t JOIN exporters e ON e.id = t.exporter_id
+             WHERE {filter} {extra} GROUP BY 1
+         ) g WHERE k IS NOT NULL ORDER BY b DESC, k LIMIT {candidates}"
     );
     let table_sum = format!(
         "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
@@ -273,9 +281,8 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
         "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
          FROM flow_totals t JOIN exporters e ON e.id = t.exporter_id WHERE {filter}"
     );
-    let mut grouped_rows: Vec<(String, (u64, u64, u64))> = client
-        .query(&grouped, &refs)
-        .await?
+    let found = client.query(&grouped, &refs).await?;
+    let mut grouped_rows: Vec<(String, (u64, u64, u64))> = found
         .iter()
         .map(|r| {
             (
@@ -284,6 +291,22 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
             )
         })
         .collect();
+    let table_total = match found.first() {
+        Some(r) => Totals {
+            bytes: to_u64(r.get(4)),
+            packets: to_u64(r.get(5)),
+            flows: to_u64(r.get(6)),
+        },
+        // No named key at all: everything there is, is "other".
+        None => {
+            let all = client.query_one(&table_sum, &refs).await?;
+            Totals {
+                bytes: to_u64(all.get(0)),
+                packets: to_u64(all.get(1)),
+                flows: to_u64(all.get(2)),
+            }
+        }
+    };
     if q.rank != Rank::Total {
         let keys: Vec<String> = grouped_rows.iter().map(|(k, _)| k.clone()).collect();
         let stat = rank_statistic(client, q, &keys).await?;
@@ -295,12 +318,7 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
         });
     }
     grouped_rows.truncate(q.top);
-    let all = client.query_one(&table_sum, &refs).await?;
-    let mut other = Totals {
-        bytes: to_u64(all.get(0)),
-        packets: to_u64(all.get(1)),
-        flows: to_u64(all.get(2)),
-    };
+    let mut other = table_total;
     let mut rows = Vec::new();
     for (key, t) in grouped_rows {
         other.bytes = other.bytes.saturating_sub(t.0);
@@ -321,17 +339,23 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
             flows: other.flows,
         });
     }
-    let t = client.query_one(&total_sql, &refs).await?;
+    // Reports over flow_totals itself already have the total.
+    let total = if table == "flow_totals" && extra.is_empty() {
+        table_total
+    } else {
+        let t = client.query_one(&total_sql, &refs).await?;
+        Totals {
+            bytes: to_u64(t.get(0)),
+            packets: to_u64(t.get(1)),
+            flows: to_u64(t.get(2)),
+        }
+    };
     Ok(Report {
         from: from.to_rfc3339(),
         to: to.to_rfc3339(),
         by: q.by,
         rows,
-        total: Totals {
-            bytes: to_u64(t.get(0)),
-            packets: to_u64(t.get(1)),
-            flows: to_u64(t.get(2)),
-        },
+        total,
     })
 }
 

@@ -280,6 +280,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/graph.svg", get(pages::graph_svg))
         .route("/graph.png", get(pages::graph_png))
         .route("/static/style.css", get(pages::stylesheet))
+        .route("/static/zoom.js", get(pages::zoom_script))
         .route("/admin/users", get(admin::users_page))
         .route("/admin/users/add", post(admin::add_user))
         .route("/admin/users/disable", post(admin::disable_user))

@@ -19,6 +19,20 @@ use crate::report::{self, ReportBy};
 
 const STYLE: &str = "body{font-family:sans-serif;margin:0;color:#222}header{background:#24405e;color:#fff;padding:.5em 1em;display:flex;gap:1.5em;align-items:center}header a{color:#fff}header form{margin-left:auto}main{padding:1em}table{border-collapse:collapse;margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:.25em .75em;text-align:right}td:first-child,th:first-child{text-align:left}.nav a{margin-right:.75em}.error{color:#a00}form.view label{margin-right:1em}";
 
+const ZOOM_JS: &str = include_str!("../../static/zoom.js");
+
+/// The one script: drag-to-zoom on report graphs (pages work without it).
+pub async fn zoom_script() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        )],
+        ZOOM_JS,
+    )
+        .into_response()
+}
+
 pub async fn stylesheet() -> Response {
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static("text/css"))],
@@ -459,9 +473,15 @@ pub async fn report(
     );
     let _ = write!(
         body,
-        "<p><img src=\"{}\" alt=\"traffic by {} over time\" width=\"960\" height=\"360\"></p>",
+        "<p><img src=\"{}\" alt=\"traffic by {} over time\" width=\"960\" height=\"360\" data-zoom=\"1\" data-from=\"{}\" data-to=\"{}\" data-left=\"{}\" data-plot=\"{}\" data-width=\"{}\" data-report=\"{}\"></p><script src=\"/static/zoom.js\" defer></script>",
         escape(&view.link("/graph.svg", |_| {})),
-        view.by.as_str()
+        view.by.as_str(),
+        view.from.format("%Y-%m-%dT%H:%M:%SZ"),
+        view.to.format("%Y-%m-%dT%H:%M:%SZ"),
+        super::svg::LEFT,
+        super::svg::WIDTH - super::svg::LEFT - super::svg::RIGHT,
+        super::svg::WIDTH,
+        escape(&view.link("/report", |_| {}))
     );
     // The same report for the period just before, for the change column.
     let span = view.to - view.from;

@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 
 use crate::report::Series;
 
-const WIDTH: f64 = 960.0;
+pub const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 360.0;
-const LEFT: f64 = 80.0;
-const RIGHT: f64 = 200.0;
+pub const LEFT: f64 = 80.0;
+pub const RIGHT: f64 = 200.0;
 const TOP: f64 = 20.0;
 const BOTTOM: f64 = 40.0;
 const COLOURS: [&str; 12] = [

@@ -257,6 +257,43 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
             c.find(Locator::LinkText("127.0.0.40")).await.unwrap().click().await.unwrap();
             heading(&c, |h| h == "127.0.0.40 by interface").await;
             shot("exporter").await;
+            // Dragging across the graph zooms into that part of the period: a quarter to
+            // three quarters of the plot is half of the day.
+            let before_zoom = c.current_url().await.unwrap();
+            c.execute(
+                "const img = document.querySelector('img[data-zoom]');
+                 const box = img.getBoundingClientRect();
+                 const left = Number(img.dataset.left), plot = Number(img.dataset.plot), width = Number(img.dataset.width);
+                 const x = share => box.left + (left + share * plot) * box.width / width;
+                 const y = box.top + box.height / 2;
+                 img.dispatchEvent(new MouseEvent('mousedown', {clientX: x(0.25), clientY: y, bubbles: true}));
+                 img.dispatchEvent(new MouseEvent('mouseup', {clientX: x(0.75), clientY: y, bubbles: true}));",
+                vec![],
+            )
+            .await
+            .unwrap();
+            let mut zoomed = c.current_url().await.unwrap();
+            for _ in 0..100 {
+                if zoomed != before_zoom {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                zoomed = c.current_url().await.unwrap();
+            }
+            let param = |name: &str| {
+                zoomed
+                    .query_pairs()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| chrono::DateTime::parse_from_rfc3339(&v).unwrap())
+                    .unwrap()
+            };
+            let span = param("to") - param("from");
+            assert!(
+                (span.num_minutes() - 720).abs() <= 30,
+                "dragging half the graph gave {span} ({zoomed})"
+            );
+            c.goto(before_zoom.as_str()).await.unwrap();
+            heading(&c, |h| h == "127.0.0.40 by interface").await;
             let before = c.current_url().await.unwrap();
             c.find(Locator::XPath("//a[contains(., 'previous')]")).await.unwrap().click().await.unwrap();
             let mut after = c.current_url().await.unwrap();

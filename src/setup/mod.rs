@@ -654,11 +654,18 @@ fn mail_if_changed(host: &Host, config_path: &Path, report: &CheckReport) -> any
         report.summary,
         report.to_text()
     );
+    let subject = format!(
+        "[flowstage {}] status: {}",
+        config.site.name, report.summary
+    );
     if host.is_live() {
         host.run_with_input(
             std::process::Command::new("/usr/sbin/sendmail").args(["-t", "-oi"]),
             Some(&mail),
         )?;
+        eprintln!("mailed {}: {subject}", config.site.admin_email);
+    } else {
+        eprintln!("would mail {} (--root): {subject}", config.site.admin_email);
     }
     std::fs::write(&state, now)?;
     Ok(())

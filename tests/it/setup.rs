@@ -258,6 +258,33 @@ fn drift_is_reported_diffed_and_repaired_and_text_outside_blocks_survives() {
 }
 
 #[test]
+fn status_mail_goes_out_only_when_the_result_changes() {
+    let root = tempfile::tempdir().unwrap();
+    install_example(root.path());
+    let r = root.path();
+    let first = setup(r, &["status", "--mail"]);
+    assert!(
+        text(&first).contains(
+            "would mail noc@example.net (--root): [flowstage flowstage-example] status: all ok"
+        ),
+        "{}",
+        text(&first)
+    );
+    let again = setup(r, &["status", "--mail"]);
+    assert!(!text(&again).contains("would mail"), "{}", text(&again));
+    // Drift turns the result into a warning: one mail, then quiet again.
+    std::fs::write(r.join("etc/cron.d/flowstage"), "# edited\n").unwrap();
+    let changed = setup(r, &["status", "--mail"]);
+    assert_eq!(changed.status.code(), Some(1));
+    assert!(
+        text(&changed).contains("status: warnings"),
+        "{}",
+        text(&changed)
+    );
+    assert!(!text(&setup(r, &["status", "--mail"])).contains("would mail"));
+}
+
+#[test]
 fn bad_answers_are_refused_naming_the_key_and_nothing_is_written() {
     let cases: &[(&str, &str)] = &[
         ("[collector]\nlisten_on = [\"0.0.0.0:2055\"]\n", "listen_on"),

@@ -41,7 +41,8 @@ pub struct SetupCli {
     /// actions are planned and reported as skipped.
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Configuration file (under --root if given).
+    /// Configuration file (under --root if given). Install and reconfigure always use
+    /// /etc/flowstage/flowstage.toml; another file is for check, status and --dry-run.
     #[arg(long, global = true, default_value = CONFIG_PATH)]
     pub config: PathBuf,
     /// Database URL (libpq style) for the checks, overriding the configuration.
@@ -205,6 +206,19 @@ fn lock(host: &Host) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
 pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
     let mut host = Host::new(cli.root.clone());
     let config_path = host.path(&cli.config);
+    // The daemons and units always read /etc/flowstage/flowstage.toml: installing or
+    // reconfiguring from another file would leave them reading something else.
+    let writes = matches!(
+        &cli.command,
+        SetupCommand::Install(InstallArgs { dry_run: false, .. })
+            | SetupCommand::Reconfigure(ReconfigureArgs { dry_run: false })
+    );
+    if writes && cli.config != Path::new(CONFIG_PATH) {
+        anyhow::bail!(
+            "--config {}: install and reconfigure always use {CONFIG_PATH} (install from another file with --answers FILE; --config is for check, status and --dry-run)",
+            cli.config.display()
+        );
+    }
     let changes_host = host.is_live()
         && match &cli.command {
             SetupCommand::Install(a) => !a.dry_run,

@@ -258,6 +258,33 @@ fn drift_is_reported_diffed_and_repaired_and_text_outside_blocks_survives() {
 }
 
 #[test]
+fn another_config_file_is_for_checking_not_for_installing() {
+    let root = tempfile::tempdir().unwrap();
+    install_example(root.path());
+    let candidate = root.path().join("candidate.toml");
+    std::fs::write(
+        &candidate,
+        "[site]\nname = \"next\"\nadmin_email = \"noc@example.net\"\n",
+    )
+    .unwrap();
+    let cfg = candidate.strip_prefix(root.path()).unwrap();
+    let cfg = format!("/{}", cfg.display());
+    // A dry run against a candidate file shows what it would change.
+    let dry = setup(root.path(), &["--config", &cfg, "reconfigure", "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(text(&dry).contains("would change"), "{}", text(&dry));
+    // Applying it is refused, and nothing changes.
+    let real = setup(root.path(), &["--config", &cfg, "reconfigure"]);
+    assert_eq!(real.status.code(), Some(2), "{}", text(&real));
+    assert!(
+        text(&real).contains("always use /etc/flowstage/flowstage.toml"),
+        "{}",
+        text(&real)
+    );
+    assert!(text(&setup(root.path(), &["reconfigure"])).contains("no changes"));
+}
+
+#[test]
 fn status_mail_goes_out_only_when_the_result_changes() {
     let root = tempfile::tempdir().unwrap();
     install_example(root.path());

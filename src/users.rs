@@ -27,6 +27,8 @@ pub enum UserError {
     NoSuchGrant { user: String, id: i32 },
     #[error("password: {0}")]
     Password(String),
+    #[error("{0:?} is the last active admin; make another user an admin first")]
+    LastAdmin(String),
     #[error(transparent)]
     Database(#[from] tokio_postgres::Error),
 }
@@ -246,6 +248,39 @@ pub async fn set_disabled(
         "user.enable"
     };
     audit(client, actor, action, name, "").await
+}
+
+/// Change a user's role. The last active admin cannot be made a viewer (nobody could
+/// manage users any more).
+pub async fn set_role(
+    client: &Client,
+    actor: &str,
+    name: &str,
+    role: Role,
+) -> Result<(), UserError> {
+    if role == Role::Viewer {
+        let other_admins: i64 = client
+            .query_one(
+                "SELECT count(*) FROM users WHERE role = 'admin' AND NOT disabled AND name <> $1",
+                &[&name],
+            )
+            .await?
+            .get(0);
+        if other_admins == 0 {
+            return Err(UserError::LastAdmin(name.to_string()));
+        }
+    }
+    let n = client
+        .execute(
+            "UPDATE users SET role = $2, updated_at = now() WHERE name = $1",
+            &[&name, &role.as_str()],
+        )
+        .await?;
+    if n == 0 {
+        return Err(UserError::NotFound(name.to_string()));
+    }
+    end_sessions(client, name).await?;
+    audit(client, actor, "user.role", name, role.as_str()).await
 }
 
 /// End every web session of a user (after a password change or a disable).

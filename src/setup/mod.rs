@@ -107,6 +107,8 @@ pub enum UsersCommand {
     },
     /// Remove a grant (its number from `users list`).
     Revoke { name: String, grant: i32 },
+    /// Make a user an admin or a viewer (their sessions end).
+    Role { name: String, role: String },
     /// Disable a user (sessions end, logins refused).
     Disable { name: String },
     /// Enable a disabled user.
@@ -450,6 +452,11 @@ fn users_command(database_url: &str, cmd: UsersCommand) -> anyhow::Result<()> {
             UsersCommand::TokenRevoke { name, token_name } => {
                 users::revoke_token(&client, &actor, &name, &token_name).await?;
                 println!("revoked token {token_name} of {name}");
+            }
+            UsersCommand::Role { name, role } => {
+                let role: Role = role.parse()?;
+                users::set_role(&client, &actor, &name, role).await?;
+                println!("{name} is now {}", role.as_str());
             }
             UsersCommand::Disable { name } => {
                 users::set_disabled(&client, &actor, &name, true).await?;

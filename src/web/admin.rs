@@ -82,6 +82,15 @@ pub async fn users_page(
                 escape(what)
             );
         }
+        let other_role = if u.role == Role::Admin {
+            "viewer"
+        } else {
+            "admin"
+        };
+        let role_form = format!(
+            "<form method=\"post\" action=\"/admin/users/role\">{csrf}<input type=\"hidden\" name=\"user\" value=\"{}\"><input type=\"hidden\" name=\"role\" value=\"{other_role}\"><button type=\"submit\">make {other_role}</button></form>",
+            escape(&u.name)
+        );
         let (verb, label) = if u.disabled {
             ("enable", "enable")
         } else {
@@ -89,7 +98,7 @@ pub async fn users_page(
         };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{grants}</td><td><form method=\"post\" action=\"/admin/users/{verb}\">{csrf}<input type=\"hidden\" name=\"user\" value=\"{}\"><button type=\"submit\">{label}</button></form></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{grants}</td><td>{role_form}<form method=\"post\" action=\"/admin/users/{verb}\">{csrf}<input type=\"hidden\" name=\"user\" value=\"{}\"><button type=\"submit\">{label}</button></form></td></tr>",
             escape(&u.name),
             u.role.as_str(),
             if u.disabled { "disabled" } else { "active" },
@@ -145,6 +154,26 @@ pub async fn add_user(
         &f.password,
     )
     .await?;
+    Ok(Redirect::to("/admin/users").into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RoleForm {
+    csrf: String,
+    user: String,
+    role: String,
+}
+
+pub async fn set_role(
+    State(state): State<Arc<AppState>>,
+    PageUser(who): PageUser,
+    Form(f): Form<RoleForm>,
+) -> Result<Response, WebError> {
+    require_admin(&who)?;
+    check_csrf(&who, &f.csrf)?;
+    let role: Role = f.role.parse()?;
+    let client = state.client().await?;
+    users::set_role(&client, &actor(&who), plain("user", &f.user)?, role).await?;
     Ok(Redirect::to("/admin/users").into_response())
 }
 

@@ -284,6 +284,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/admin/users", get(admin::users_page))
         .route("/admin/users/add", post(admin::add_user))
         .route("/admin/users/disable", post(admin::disable_user))
+        .route("/admin/users/role", post(admin::set_role))
         .route("/admin/users/enable", post(admin::enable_user))
         .route("/admin/grants/add", post(admin::add_grant))
         .route("/admin/grants/revoke", post(admin::revoke_grant))

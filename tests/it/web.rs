@@ -1053,6 +1053,41 @@ fn admin_pages_manage_users_groups_grants_and_tokens() {
         200
     );
 
+    // Roles change on the page; the last admin cannot demote themself away.
+    let r = post(
+        "/admin/users/role",
+        &format!("csrf={csrf}&user=boss&role=viewer"),
+        &admin,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("last active admin"), "{}", r.body);
+    assert_eq!(
+        post(
+            "/admin/users/role",
+            &format!("csrf={csrf}&user=peek&role=admin"),
+            &admin
+        )
+        .status,
+        303
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT role FROM users WHERE name = 'peek'"),
+        "admin"
+    );
+    assert_eq!(
+        get(&format!("{base}/admin/users"), Some(&peek)).status,
+        303,
+        "a role change ends sessions"
+    );
+    assert_eq!(
+        post(
+            "/admin/users/role",
+            &format!("csrf={csrf}&user=peek&role=viewer"),
+            &admin
+        )
+        .status,
+        303
+    );
     // Disabling ends the user's sessions at once.
     assert_eq!(
         post(

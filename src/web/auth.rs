@@ -200,16 +200,18 @@ pub async fn session(client: &Client, token: &str) -> anyhow::Result<Option<Iden
             &[&sha256_hex(token)],
         )
         .await?;
-    row.map(|r| {
-        let role: String = r.get(2);
-        Ok(Identity {
-            user_id: r.get(0),
-            name: r.get(1),
-            role: role.parse()?,
-            csrf: r.get(3),
-        })
+    row.map(|r| identity(&r, r.get(3))).transpose()
+}
+
+/// An identity from a row of (id, name, role).
+fn identity(r: &tokio_postgres::Row, csrf: String) -> anyhow::Result<Identity> {
+    let role: String = r.get(2);
+    Ok(Identity {
+        user_id: r.get(0),
+        name: r.get(1),
+        role: role.parse()?,
+        csrf,
     })
-    .transpose()
 }
 
 pub async fn end_session(client: &Client, token: &str) -> anyhow::Result<()> {
@@ -232,16 +234,7 @@ pub async fn api_token(client: &Client, token: &str) -> anyhow::Result<Option<Id
             &[&sha256_hex(token)],
         )
         .await?;
-    row.map(|r| {
-        let role: String = r.get(2);
-        Ok(Identity {
-            user_id: r.get(0),
-            name: r.get(1),
-            role: role.parse()?,
-            csrf: String::new(),
-        })
-    })
-    .transpose()
+    row.map(|r| identity(&r, String::new())).transpose()
 }
 
 /// Create an API token for a user; returns the token (shown once).

@@ -158,29 +158,7 @@ fn chromium_logs_in_navigates_drills_down_and_exports() {
             .unwrap(),
     );
     wait_for_port(web_port, "flowstage-web");
-    let mut add = Command::new(env!("CARGO_BIN_EXE_flowstage-setup"))
-        .args([
-            "--config",
-            "/dev/null",
-            "--database",
-            &url,
-            "users",
-            "add",
-            "noc",
-            "--role",
-            "admin",
-            "--password-stdin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        writeln!(add.stdin.take().unwrap(), "browser password").unwrap();
-    }
-    assert!(add.wait().unwrap().success());
+    crate::web::add_user(&url, "noc", "admin", "browser password");
 
     // The browser's own profile directory; whatever happens to the test, every process
     // started with it is ended at the end (chromedriver does not when it is killed).

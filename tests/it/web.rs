@@ -171,7 +171,7 @@ fn series_sum(series: &serde_json::Value) -> u64 {
         .sum()
 }
 
-fn add_user(url: &str, name: &str, role: &str, password: &str) {
+pub fn add_user(url: &str, name: &str, role: &str, password: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowstage-setup"))
         .args([
             "--config",
@@ -443,21 +443,7 @@ fn numbers_and_authorization_matrix() {
             Some(&admin),
         )
         .json();
-        let rows: std::collections::BTreeMap<String, (u64, u64, u64)> = v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["key"].as_str().unwrap().to_string(),
-                    (
-                        r["bytes"].as_u64().unwrap(),
-                        r["packets"].as_u64().unwrap(),
-                        r["flows"].as_u64().unwrap(),
-                    ),
-                )
-            })
-            .collect();
+        let rows = crate::support::report_rows(&v);
         assert_eq!(rows, expected_rows(&expected, proto), "{proto}");
     }
     // The viewer (by session and by token) sees exactly the granted exporter's traffic.

@@ -44,6 +44,49 @@ pub enum CollectorCommand {
     Report(ReportArgs),
     /// Send deterministic test traffic to a loopback collector and write the expected totals.
     Gen(GenArgs),
+    /// Roll the minute aggregates up to hours, days, weeks, months and years (what the
+    /// timer runs every five minutes; catches up after any gap).
+    Rollup(RollupArgs),
+    /// Drop the partitions retention no longer keeps (what the daily timer runs).
+    Purge(PurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RollupArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Only this level (repeatable); default all, each after its source.
+    #[arg(long = "level", value_enum)]
+    pub levels: Vec<crate::rollup::Level>,
+    /// With --to: recompute the buckets of this period that were already rolled up.
+    #[arg(long, requires = "to")]
+    pub from: Option<String>,
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Run as if it were this time (tests and replays).
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+    /// Stop with an error after this many chunks (tests of interrupted runs).
+    #[arg(long, hide = true)]
+    pub stop_after_chunks: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Show what would be dropped, drop nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Run as if it were this time (tests).
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +286,91 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                 report.render(a.format)
             })?;
             print!("{text}");
+            Ok(())
+        }
+        CollectorCommand::Rollup(a) => {
+            let config = a.common.load()?;
+            let now = match &a.now {
+                Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now")?,
+                None => chrono::Utc::now(),
+            };
+            let redo = match (&a.from, &a.to) {
+                (Some(f), Some(t)) => {
+                    let from = crate::timespec::parse_time(f, now).context("--from")?;
+                    let to = crate::timespec::parse_time(t, now).context("--to")?;
+                    anyhow::ensure!(from < to, "--from must be before --to");
+                    Some((from, to))
+                }
+                _ => None,
+            };
+            let options = crate::rollup::RollupOptions {
+                levels: a.levels.clone(),
+                redo,
+                now,
+                grace_secs: i64::try_from(config.collector.flush_grace_secs)
+                    .unwrap_or(i64::MAX / 2)
+                    .saturating_add(120),
+                stop_after_chunks: a.stop_after_chunks,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let summary = rt.block_on(async {
+                let mut client = crate::db::connect(&config.database_url).await?;
+                crate::db::migrate(&mut client).await?;
+                let settings = crate::rollup::Settings::resolve(
+                    &client,
+                    &config.history,
+                    config.collector.top_n,
+                )
+                .await?;
+                crate::rollup::rollup(&mut client, &settings, &options).await
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                for s in &summary {
+                    println!(
+                        "{:<6} {:>6} new buckets, {:>4} recomputed, {:>9} rows; rolled up to {}",
+                        s.level,
+                        s.new_buckets,
+                        s.redone_buckets,
+                        s.rows_written,
+                        s.done_to.as_deref().unwrap_or("(nothing yet)")
+                    );
+                }
+            }
+            Ok(())
+        }
+        CollectorCommand::Purge(a) => {
+            let config = a.common.load()?;
+            let now = match &a.now {
+                Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now")?,
+                None => chrono::Utc::now(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let items = rt.block_on(async {
+                let mut client = crate::db::connect(&config.database_url).await?;
+                crate::db::migrate(&mut client).await?;
+                crate::rollup::purge(&mut client, &config.retention, now, a.dry_run).await
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else if items.is_empty() {
+                println!("nothing is past its retention");
+            } else {
+                for i in &items {
+                    let what = match (&i.kept_because, i.dropped, a.dry_run) {
+                        (Some(why), _, _) => format!("kept: {why}"),
+                        (None, true, _) => "dropped".to_string(),
+                        (None, false, true) => "would be dropped".to_string(),
+                        (None, false, false) => "not dropped".to_string(),
+                    };
+                    println!("{:<6} {:<8} (ends {})  {what}", i.level, i.period, i.ends);
+                }
+            }
             Ok(())
         }
         CollectorCommand::Gen(a) => {

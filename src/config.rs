@@ -138,6 +138,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub retention: RawRetention,
     #[serde(default)]
+    pub history: RawHistory,
+    #[serde(default)]
     pub web: RawWeb,
     /// Known exporters: names and per-exporter settings.
     #[serde(default, rename = "exporter")]
@@ -191,10 +193,26 @@ pub struct RawRetention {
     pub minute_days: Option<u32>,
     /// Days of hour buckets kept. Default 90.
     pub hour_days: Option<u32>,
-    /// Days of day buckets kept. Default 730. Weeks, months and years are kept forever.
+    /// Days of day buckets kept. Default 730.
     pub day_days: Option<u32>,
+    /// Days of week buckets kept. Default: forever.
+    pub week_days: Option<u32>,
+    /// Days of month buckets kept. Default: forever.
+    pub month_days: Option<u32>,
+    /// Days of year buckets kept. Default: forever.
+    pub year_days: Option<u32>,
     /// Days of raw flow archive kept. Default 7.
     pub raw_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    /// IANA time zone that days, weeks, months and years follow, in rollups and in the
+    /// web UI, e.g. `Europe/Berlin`. Default `UTC`. Times are stored in UTC regardless.
+    pub timezone: Option<String>,
+    /// `monday` (ISO 8601 weeks, Stager's `YYYY-IW`) or `sunday`. Default `monday`.
+    pub week_start: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +280,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub collector: CollectorConfig,
     pub retention: RetentionConfig,
+    pub history: HistoryConfig,
     pub web: WebConfig,
     pub exporters: Vec<ExporterConfig>,
 }
@@ -276,6 +295,7 @@ impl std::fmt::Debug for Config {
             .field("database", &self.database)
             .field("collector", &self.collector)
             .field("retention", &self.retention)
+            .field("history", &self.history)
             .field("web", &self.web)
             .field("exporters", &self.exporters)
             .finish()
@@ -321,7 +341,18 @@ pub struct RetentionConfig {
     pub minute_days: u32,
     pub hour_days: u32,
     pub day_days: u32,
+    /// None: kept forever.
+    pub week_days: Option<u32>,
+    pub month_days: Option<u32>,
+    pub year_days: Option<u32>,
     pub raw_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryConfig {
+    pub timezone: String,
+    /// ISO day number the week starts on: 1 Monday, 7 Sunday.
+    pub week_start: i16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -472,6 +503,7 @@ impl RawConfig {
         let time = validate_time(self.time)?;
         let mail = validate_mail(self.mail)?;
         let retention = validate_retention(self.retention)?;
+        let history = validate_history(self.history)?;
         let web = validate_web(self.web)?;
         if let Some(v) = self
             .database
@@ -643,6 +675,7 @@ impl RawConfig {
             time,
             mail,
             retention,
+            history,
             web,
             database: DatabaseConfig {
                 url: configured_url.clone(),
@@ -809,8 +842,33 @@ fn validate_retention(raw: RawRetention) -> Result<RetentionConfig, ConfigError>
         minute_days: raw.minute_days.unwrap_or(7),
         hour_days: raw.hour_days.unwrap_or(90),
         day_days: raw.day_days.unwrap_or(730),
+        week_days: raw.week_days,
+        month_days: raw.month_days,
+        year_days: raw.year_days,
         raw_days: raw.raw_days.unwrap_or(7),
     };
+    for (key, days) in [
+        ("retention.week_days", r.week_days),
+        ("retention.month_days", r.month_days),
+        ("retention.year_days", r.year_days),
+    ] {
+        if let Some(days) = days {
+            if !(1..=36_500).contains(&days) {
+                return Err(invalid(key, days, "must be between 1 and 36500 days"));
+            }
+            if days < r.day_days {
+                return Err(invalid(
+                    key,
+                    days,
+                    format!(
+                        "cannot be kept shorter than days (retention.day_days = {})",
+                        r.day_days
+                    ),
+                ));
+            }
+        }
+    }
+
     for (key, days) in [
         ("retention.minute_days", r.minute_days),
         ("retention.hour_days", r.hour_days),
@@ -842,6 +900,43 @@ fn validate_retention(raw: RawRetention) -> Result<RetentionConfig, ConfigError>
         ));
     }
     Ok(r)
+}
+
+fn validate_history(raw: RawHistory) -> Result<HistoryConfig, ConfigError> {
+    let timezone = raw.timezone.unwrap_or_else(|| "UTC".to_string());
+    let well_formed = !timezone.is_empty()
+        && !timezone.starts_with('/')
+        && !timezone
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        && timezone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+-/".contains(c));
+    // The zone database PostgreSQL and chrono's hosts use; where it is missing (a
+    // container without tzdata) PostgreSQL is the judge when the rollup runs.
+    let zoneinfo = Path::new("/usr/share/zoneinfo");
+    if !well_formed || (zoneinfo.is_dir() && !zoneinfo.join(&timezone).is_file()) {
+        return Err(invalid(
+            "history.timezone",
+            &timezone,
+            "expected an IANA time zone name such as UTC or Europe/Berlin",
+        ));
+    }
+    let week_start = match raw.week_start.as_deref().unwrap_or("monday") {
+        "monday" => 1,
+        "sunday" => 7,
+        other => {
+            return Err(invalid(
+                "history.week_start",
+                other,
+                "expected monday or sunday",
+            ))
+        }
+    };
+    Ok(HistoryConfig {
+        timezone,
+        week_start,
+    })
 }
 
 fn validate_web(raw: RawWeb) -> Result<WebConfig, ConfigError> {

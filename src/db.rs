@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_web_sessions",
         include_str!("../sql/0003_web_sessions.sql"),
     ),
+    (4, "0004_rollups", include_str!("../sql/0004_rollups.sql")),
 ];
 
 /// Connect and spawn the connection task on the current runtime.

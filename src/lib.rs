@@ -15,6 +15,7 @@ pub mod decode;
 pub mod encode;
 pub mod gen;
 pub mod report;
+pub mod rollup;
 pub mod setup;
 pub mod timespec;
 pub mod totals;

@@ -10,6 +10,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::collector::batch::Direction;
+use crate::rollup::{Kind, Level, Plan};
 use crate::totals::Totals;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -43,24 +44,24 @@ impl ReportBy {
         }
     }
 
-    /// (table, key expression, extra condition)
-    fn source(self) -> (&'static str, &'static str, &'static str) {
+    /// (aggregate kind, key expression, extra condition)
+    fn source(self) -> (Kind, &'static str, &'static str) {
         const EXPORTER: &str = "coalesce(e.name, host(e.address))";
         match self {
-            ReportBy::Total => ("flow_totals", "'total'", ""),
-            ReportBy::Exporter => ("flow_totals", EXPORTER, ""),
+            ReportBy::Total => (Kind::Totals, "'total'", ""),
+            ReportBy::Exporter => (Kind::Totals, EXPORTER, ""),
             ReportBy::Interface => (
-                "flow_totals",
+                Kind::Totals,
                 "coalesce(e.name, host(e.address)) || ':' || t.ifindex",
                 "",
             ),
-            ReportBy::SrcAs => ("flow_as", "t.asn::text", "AND t.side = 0"),
-            ReportBy::DstAs => ("flow_as", "t.asn::text", "AND t.side = 1"),
-            ReportBy::SrcIp => ("flow_ip", "host(t.addr)", "AND t.side = 0"),
-            ReportBy::DstIp => ("flow_ip", "host(t.addr)", "AND t.side = 1"),
-            ReportBy::SrcPort => ("flow_port", "t.port::text", "AND t.side = 0"),
-            ReportBy::DstPort => ("flow_port", "t.port::text", "AND t.side = 1"),
-            ReportBy::Proto => ("flow_proto", "t.proto::text", ""),
+            ReportBy::SrcAs => (Kind::As, "t.asn::text", "AND t.side = 0"),
+            ReportBy::DstAs => (Kind::As, "t.asn::text", "AND t.side = 1"),
+            ReportBy::SrcIp => (Kind::Ip, "host(t.addr)", "AND t.side = 0"),
+            ReportBy::DstIp => (Kind::Ip, "host(t.addr)", "AND t.side = 1"),
+            ReportBy::SrcPort => (Kind::Port, "t.port::text", "AND t.side = 0"),
+            ReportBy::DstPort => (Kind::Port, "t.port::text", "AND t.side = 1"),
+            ReportBy::Proto => (Kind::Proto, "t.proto::text", ""),
         }
     }
 }
@@ -107,6 +108,9 @@ pub struct Report {
     pub by: ReportBy,
     pub rows: Vec<ReportRow>,
     pub total: Totals,
+    /// Where the numbers were read from: `LEVEL FROM/TO` per stretch of the period,
+    /// e.g. `day 2026-11-02T00:00:00+00:00/2026-11-04T00:00:00+00:00`.
+    pub sources: Vec<String>,
 }
 
 fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -142,9 +146,10 @@ async fn rank_statistic(
     q: &ReportQuery,
     candidates: &[String],
 ) -> anyhow::Result<std::collections::HashMap<String, u64>> {
-    let (table, key, extra) = q.by.source();
-    let (filter, mut params) = filter(q);
+    let (kind, key, extra) = q.by.source();
     let step = rank_step(q);
+    let plan = plan(client, q, crate::rollup::coarsest_for_step(step)).await?;
+    let (from, filter, mut params) = scoped(q, kind, &plan);
     params.push(Box::new(step));
     let n = params.len();
     params.push(Box::new(candidates.to_vec()));
@@ -155,14 +160,12 @@ async fn rank_statistic(
         .collect();
     let sql = format!(
         "SELECT {key} AS k, (extract(epoch FROM t.minute)::bigint / ${n}) AS b, sum(t.bytes)::bigint
-         FROM {table} t JOIN exporters e ON e.id = t.exporter_id
+         FROM {from}
          WHERE {filter} {extra} AND {key} = ANY(${keys_param}) GROUP BY 1, 2"
     );
-    let steps = usize::try_from(
-        (floor_minute(q.to).timestamp() - floor_minute(q.from).timestamp() + step - 1) / step,
-    )
-    .unwrap_or(1)
-    .max(1);
+    let steps = usize::try_from((plan.to.timestamp() - plan.from.timestamp() + step - 1) / step)
+        .unwrap_or(1)
+        .max(1);
     let mut per_key: std::collections::HashMap<String, Vec<u64>> = Default::default();
     for r in client.query(&sql, &refs).await? {
         if let Some(k) = r.get::<_, Option<String>>(0) {
@@ -187,14 +190,28 @@ async fn rank_statistic(
         .collect())
 }
 
-/// The WHERE clause (over `t`, the aggregate table, and `e`, exporters) and its
-/// parameters for a query's period, direction, scope and access.
-fn filter(q: &ReportQuery) -> (String, Params) {
-    let direction = q.direction as i16;
-    // Buckets are whole minutes: the minute `from` falls in is included, `to`'s is not.
+/// Where a query reads its period from: the rollup levels that tile it. Buckets are
+/// whole minutes: the minute `from` falls in is included, `to`'s is not.
+async fn plan(client: &Client, q: &ReportQuery, coarsest: Level) -> anyhow::Result<Plan> {
     let (from, to) = (floor_minute(q.from), floor_minute(q.to));
-    let mut params: Params = vec![Box::new(from), Box::new(to), Box::new(direction)];
-    let mut filter = String::from("t.minute >= $1 AND t.minute < $2 AND t.direction = $3");
+    let rollups: Option<String> = client
+        .query_one("SELECT to_regclass('rollup_levels')::text", &[])
+        .await?
+        .get(0);
+    if rollups.is_none() {
+        return Ok(Plan::minutes(from, to));
+    }
+    crate::rollup::plan(client, from, to, coarsest).await
+}
+
+/// The FROM clause (`t`, the plan's rows of one aggregate kind, and `e`, exporters),
+/// the WHERE clause for a query's direction, scope and access, and their parameters.
+fn scoped(q: &ReportQuery, kind: Kind, plan: &Plan) -> (String, String, Params) {
+    let mut params: Params = Vec::new();
+    let source = crate::rollup::source_sql(plan, kind, &mut params);
+    let from = format!("{source} t JOIN exporters e ON e.id = t.exporter_id");
+    params.push(Box::new(q.direction as i16));
+    let mut filter = format!("t.direction = ${}", params.len());
     if let Some(e) = &q.exporter {
         params.push(Box::new(e.clone()));
         let _ = write!(
@@ -232,7 +249,7 @@ fn filter(q: &ReportQuery) -> (String, Params) {
             params.len()
         );
     }
-    (filter, params)
+    (from, filter, params)
 }
 
 pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
@@ -245,10 +262,9 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
         schema.is_some(),
         "this database has no Flowstage tables yet; the collector creates them when it starts"
     );
-    let (table, key, extra) = q.by.source();
-    let (filter, params) = filter(q);
-    let from = floor_minute(q.from);
-    let to = floor_minute(q.to);
+    let (kind, key, extra) = q.by.source();
+    let plan = plan(client, q, Level::Year).await?;
+    let (source, filter, params) = scoped(q, kind, &plan);
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
@@ -269,17 +285,13 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
                     (sum(sum(t.bytes)) OVER ())::bigint AS tb,
                     (sum(sum(t.packets)) OVER ())::bigint AS tp,
                     (sum(sum(t.flows)) OVER ())::bigint AS tf
-             FROM {table} t JOIN exporters e ON e.id = t.exporter_id
+             FROM {source}
              WHERE {filter} {extra} GROUP BY 1
          ) g WHERE k IS NOT NULL ORDER BY b DESC, k LIMIT {candidates}"
     );
     let table_sum = format!(
         "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
-         FROM {table} t JOIN exporters e ON e.id = t.exporter_id WHERE {filter} {extra}"
-    );
-    let total_sql = format!(
-        "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
-         FROM flow_totals t JOIN exporters e ON e.id = t.exporter_id WHERE {filter}"
+         FROM {source} WHERE {filter} {extra}"
     );
     let found = client.query(&grouped, &refs).await?;
     let mut grouped_rows: Vec<(String, (u64, u64, u64))> = found
@@ -340,9 +352,18 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
         });
     }
     // Reports over flow_totals itself already have the total.
-    let total = if table == "flow_totals" && extra.is_empty() {
+    let total = if kind == Kind::Totals && extra.is_empty() {
         table_total
     } else {
+        let (totals_source, filter, params) = scoped(q, Kind::Totals, &plan);
+        let total_sql = format!(
+            "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
+             FROM {totals_source} WHERE {filter}"
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
         let t = client.query_one(&total_sql, &refs).await?;
         Totals {
             bytes: to_u64(t.get(0)),
@@ -351,11 +372,23 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
         }
     };
     Ok(Report {
-        from: from.to_rfc3339(),
-        to: to.to_rfc3339(),
+        from: plan.from.to_rfc3339(),
+        to: plan.to.to_rfc3339(),
         by: q.by,
         rows,
         total,
+        sources: plan
+            .segments
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}/{}",
+                    s.level.as_str(),
+                    s.from.to_rfc3339(),
+                    s.to.to_rfc3339()
+                )
+            })
+            .collect(),
     })
 }
 
@@ -423,10 +456,34 @@ pub async fn series(
     step_secs: i64,
     measure: Measure,
 ) -> anyhow::Result<Series> {
-    let (table, key, extra) = q.by.source();
-    let (filter, mut params) = filter(q);
-    params.push(Box::new(step_secs.max(60)));
-    let step_param = params.len();
+    let (kind, key, extra) = q.by.source();
+    let step = step_secs.max(60);
+    let plan = plan(client, q, crate::rollup::coarsest_for_step(step)).await?;
+    let (source, filter, mut params) = scoped(q, kind, &plan);
+    // Steps of a day or a week are the display time zone's calendar days or weeks, as
+    // the rollups are; shorter steps are aligned like the rollup hours.
+    let calendar = match (step, &plan.settings) {
+        (86_400, Some(s)) => Some(("day", s)),
+        (604_800, Some(s)) => Some(("week", s)),
+        _ => None,
+    };
+    let offset = plan
+        .settings
+        .as_ref()
+        .map_or(0, |s| i64::from(s.hour_offset_secs));
+    let bucket = match calendar {
+        Some((level, s)) => {
+            params.push(Box::new(s.timezone.clone()));
+            let tz = params.len();
+            format!(
+                "extract(epoch FROM flowstage_bucket('{level}', t.minute, ${tz}, {}, {}))::bigint",
+                s.week_start, s.hour_offset_secs
+            )
+        }
+        None => format!(
+            "((extract(epoch FROM t.minute)::bigint + {offset}) / {step}) * {step} - {offset}"
+        ),
+    };
     let top_keys: Vec<String> = report
         .rows
         .iter()
@@ -441,22 +498,43 @@ pub async fn series(
         .collect();
     let column = measure.column();
     let sql = format!(
-        "SELECT (extract(epoch FROM t.minute)::bigint / ${step_param}) * ${step_param} AS b,
+        "SELECT {bucket} AS b,
                 CASE WHEN {key} = ANY(${keys_param}) THEN {key} END AS k, sum(t.{column})::bigint
-         FROM {table} t JOIN exporters e ON e.id = t.exporter_id
+         FROM {source}
          WHERE {filter} {extra} GROUP BY 1, 2 ORDER BY 1"
     );
     let keys: Vec<String> = report.rows.iter().map(|r| r.key.clone()).collect();
     let other = keys.iter().position(|k| k == "other");
     // Every step of the period is a point, traffic or not, so a graph's time axis is
     // the period's.
-    let step = step_secs.max(60);
-    let first = floor_minute(q.from).timestamp().div_euclid(step) * step;
-    let end = floor_minute(q.to).timestamp();
-    let count = usize::try_from((end - first + step - 1).div_euclid(step)).unwrap_or(0);
-    let mut points: Vec<SeriesPoint> = (0..count.min(100_000))
-        .map(|i| SeriesPoint {
-            time: DateTime::from_timestamp(first + step * i as i64, 0)
+    let starts: Vec<i64> = match calendar {
+        Some((level, s)) => client
+            .query(
+                "SELECT extract(epoch FROM b)::bigint FROM flowstage_buckets($1, $2, $3, $4, $5, $6) b LIMIT 100000",
+                &[
+                    &level,
+                    &plan.from,
+                    &plan.to,
+                    &s.timezone,
+                    &i32::from(s.week_start),
+                    &s.hour_offset_secs,
+                ],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        None => {
+            let first = (plan.from.timestamp() + offset).div_euclid(step) * step - offset;
+            let end = plan.to.timestamp();
+            let count = (end - first + step - 1).div_euclid(step).clamp(0, 100_000);
+            (0..count).map(|i| first + step * i).collect()
+        }
+    };
+    let mut points: Vec<SeriesPoint> = starts
+        .iter()
+        .map(|start| SeriesPoint {
+            time: DateTime::from_timestamp(*start, 0)
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default(),
             values: vec![0; keys.len()],
@@ -466,7 +544,7 @@ pub async fn series(
         let bucket: i64 = r.get(0);
         let k: Option<String> = r.get(1);
         let bytes = to_u64(r.get(2));
-        let slot = usize::try_from((bucket - first).div_euclid(step)).ok();
+        let slot = starts.partition_point(|s| *s <= bucket).checked_sub(1);
         let index = k
             .as_ref()
             .and_then(|k| keys.iter().position(|x| x == k))

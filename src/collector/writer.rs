@@ -384,7 +384,22 @@ impl Writer {
             ids.insert(addr, id);
         }
         copy_batch(&tx, batch, &ids).await?;
+        // Minutes that arrive after their hour was rolled up mark it for recomputation.
+        if let (Some(first), Some(last)) = (
+            batch.buckets.iter().map(|b| b.minute).min(),
+            batch.buckets.iter().map(|b| b.minute).max(),
+        ) {
+            let time = |secs: i64| {
+                chrono::DateTime::from_timestamp(secs, 0).context("bucket time out of range")
+            };
+            tx.execute(
+                "SELECT flowstage_minutes_written($1, $2)",
+                &[&time(first)?, &time(last)?],
+            )
+            .await?;
+        }
         tx.commit().await?;
+
         self.ensured_days.extend(new_days);
         Ok(WriteOutcome::Written)
     }

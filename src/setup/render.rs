@@ -71,6 +71,22 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../units/flowstage-status.timer"),
     ),
     (
+        "flowstage-rollup.service",
+        include_str!("../../units/flowstage-rollup.service"),
+    ),
+    (
+        "flowstage-rollup.timer",
+        include_str!("../../units/flowstage-rollup.timer"),
+    ),
+    (
+        "flowstage-purge.service",
+        include_str!("../../units/flowstage-purge.service"),
+    ),
+    (
+        "flowstage-purge.timer",
+        include_str!("../../units/flowstage-purge.timer"),
+    ),
+    (
         "flowstage-collector.init",
         include_str!("../../units/flowstage-collector.init"),
     ),
@@ -81,11 +97,22 @@ const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// Units written to `/etc/systemd/system` (and removed by uninstall).
-pub const SYSTEMD_UNITS: [&str; 4] = [
+pub const SYSTEMD_UNITS: [&str; 8] = [
     "flowstage-collector.service",
     "flowstage-web.service",
     "flowstage-status.service",
     "flowstage-status.timer",
+    "flowstage-rollup.service",
+    "flowstage-rollup.timer",
+    "flowstage-purge.service",
+    "flowstage-purge.timer",
+];
+
+/// The periodic jobs on systemd hosts (cron entries elsewhere).
+pub const TIMERS: [&str; 3] = [
+    "flowstage-status.timer",
+    "flowstage-rollup.timer",
+    "flowstage-purge.timer",
 ];
 
 #[derive(Debug, Serialize)]
@@ -120,6 +147,8 @@ struct TemplateValues {
     metrics: String,
     expected_flows_per_second: u64,
     retention: RetentionView,
+    history_timezone: String,
+    week_start: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -232,6 +261,12 @@ impl Renderer {
                 .unwrap_or_default(),
             expected_flows_per_second: config.collector.expected_flows_per_second,
             retention: config.retention.into(),
+            history_timezone: config.history.timezone.clone(),
+            week_start: if config.history.week_start == 7 {
+                "sunday"
+            } else {
+                "monday"
+            },
         };
         let context = tera::Context::from_serialize(&ctx).context("building template context")?;
         Ok(Renderer { tera, context })

@@ -303,7 +303,38 @@ async fn database_checks(ctx: &Context<'_>) -> Vec<Check> {
         },
         Err(e) => Check::fail("newest bucket", format!("{e}")),
     });
+    checks.push(rollup_check(&client).await);
     checks
+}
+
+/// Hours are rolled up within about an hour of their end; more behind than two hours
+/// means the timer (or cron line) is not running or failing.
+async fn rollup_check(client: &tokio_postgres::Client) -> Check {
+    let lag = client
+        .query_one(
+            "SELECT extract(epoch FROM now() - coalesce(l.done_to, m.oldest))::bigint,
+                    l.done_to::text
+             FROM rollup_levels l, (SELECT min(minute) AS oldest FROM flow_totals) m
+             WHERE l.level = 'hour'",
+            &[],
+        )
+        .await;
+    match lag {
+        Ok(row) => match (row.get::<_, Option<i64>>(0), row.get::<_, Option<String>>(1)) {
+            (None, _) => Check::ok("rollups", "nothing to roll up yet"),
+            (Some(lag), done) if lag > 2 * 3600 => Check::warn(
+                "rollups",
+                format!(
+                    "hours are rolled up to {}, {} behind: is flowstage-rollup.timer (or the cron line) running? Run `flowstage-collector rollup` to see why",
+                    done.as_deref().unwrap_or("nothing yet"),
+                    human_duration(Duration::from_secs(lag.max(0) as u64))
+                ),
+            ),
+            (Some(_), None) => Check::ok("rollups", "the first hour is not complete yet"),
+            (Some(_), Some(done)) => Check::ok("rollups", format!("hours rolled up to {done}")),
+        },
+        Err(e) => Check::warn("rollups", format!("{e}")),
+    }
 }
 
 fn disk_checks(ctx: &Context<'_>) -> Vec<Check> {

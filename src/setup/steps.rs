@@ -849,18 +849,18 @@ fn plan_services(ctx: &Context, changed: &HashSet<Affects>) -> anyhow::Result<St
         if affected.contains(&Affects::Units) {
             p.actions.push(Action::DaemonReload);
         }
-        for unit in [
-            "flowstage-collector",
-            "flowstage-web",
-            "flowstage-status.timer",
-        ] {
+        for unit in ["flowstage-collector", "flowstage-web"]
+            .into_iter()
+            .chain(render::TIMERS)
+        {
             if !service_enabled(ctx, unit) {
                 p.actions.push(Action::EnableService(unit.to_string()));
             }
         }
-        if !service_running(ctx, "flowstage-status.timer") {
-            p.actions
-                .push(Action::StartService("flowstage-status.timer".into()));
+        for timer in render::TIMERS {
+            if !service_running(ctx, timer) {
+                p.actions.push(Action::StartService(timer.into()));
+            }
         }
     } else {
         for s in render::SERVICES {

@@ -91,11 +91,11 @@ pub fn run(host: &Host, config: &Config, purge: bool) -> anyhow::Result<()> {
             say(format!("stopped {service}"));
         }
         if systemd {
-            let _ = host.run(Command::new("systemctl").args([
-                "disable",
-                "--now",
-                "flowstage-status.timer",
-            ]));
+            let _ = host.run(
+                Command::new("systemctl")
+                    .args(["disable", "--now"])
+                    .args(render::TIMERS),
+            );
         }
     }
     for unit in render::SYSTEMD_UNITS {

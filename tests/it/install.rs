@@ -198,6 +198,23 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
             "{what}: before {stored_before:?}, after {stored:?}"
         );
     }
+    // The cron lines' (and timers') jobs run as the flowstage user with the installed
+    // configuration, and reports over the rollups keep the same totals.
+    for job in ["rollup", "purge"] {
+        let o = Command::new("runuser")
+            .args([
+                "-u",
+                "flowstage",
+                "--",
+                "/usr/local/bin/flowstage-collector",
+                job,
+            ])
+            .args(["--config", "/etc/flowstage/flowstage.toml"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{job}: {}", text(&o));
+    }
+    assert_eq!(stored_totals(), stored, "totals after rollup and purge");
     // The restarted collector has not heard from anyone yet; the stored data is fresh.
     assert_healthy(&status_json(), &["time sync", "collector receiving"]);
 

@@ -12,6 +12,7 @@ mod end_to_end;
 mod install;
 mod peers;
 mod resilience;
+mod rollup;
 mod setup;
 mod users;
 mod web;

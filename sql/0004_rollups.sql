@@ -1,11 +1,12 @@
--- Flowstage schema 4: rollups of the minute aggregates to hour, day, ISO week, month
--- and year, their bookkeeping, and the functions that place a time in its bucket.
+-- Flowstage schema 4: rollups of the minute aggregates to five minutes, hour, day, ISO
+-- week, month and year, their bookkeeping, and the functions that place a time in its
+-- bucket.
 --
 -- Every rollup table has the columns of its minute table, in the same order, with
 -- "bucket" (the start of the period, UTC) in place of "minute". Top N + "other" is
 -- re-applied per bucket, exporter, interface, direction and side, so totals stay
--- exact at every level. Hours are partitioned by UTC month, the other levels by UTC
--- year; retention drops whole partitions.
+-- exact at every level. Five-minute buckets are partitioned by UTC day, hours by UTC
+-- month, the other levels by UTC year; retention drops whole partitions.
 --
 -- Buckets follow the display time zone (rollup_settings): a day is a local day, a
 -- week starts on the configured day, an hour starts at the zone's offset from UTC
@@ -24,14 +25,14 @@ CREATE TABLE rollup_settings (
 -- Per level: [done_from, done_to) is rolled up, contiguous; data before horizon has
 -- been purged. The minute level only uses horizon.
 CREATE TABLE rollup_levels (
-    level      text PRIMARY KEY CHECK (level IN ('minute', 'hour', 'day', 'week', 'month', 'year')),
+    level      text PRIMARY KEY CHECK (level IN ('minute', '5min', 'hour', 'day', 'week', 'month', 'year')),
     done_from  timestamptz,
     done_to    timestamptz,
     horizon    timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO rollup_levels (level) VALUES
-    ('minute'), ('hour'), ('day'), ('week'), ('month'), ('year');
+    ('minute'), ('5min'), ('hour'), ('day'), ('week'), ('month'), ('year');
 
 -- Buckets below done_to whose sources changed after they were rolled up (late flows,
 -- a replayed spool, a forced re-run): the next rollup recomputes them.
@@ -47,6 +48,7 @@ CREATE FUNCTION flowstage_bucket(level text, t timestamptz, tz text, week_start 
 RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE level
         WHEN 'minute' THEN date_trunc('minute', t)
+        WHEN '5min' THEN to_timestamp(floor(extract(epoch FROM t) / 300) * 300)
         WHEN 'hour' THEN to_timestamp(floor((extract(epoch FROM t) + hour_offset) / 3600) * 3600 - hour_offset)
         WHEN 'day' THEN date_trunc('day', t AT TIME ZONE tz) AT TIME ZONE tz
         WHEN 'week' THEN (date_trunc('week', (t AT TIME ZONE tz) + make_interval(days => (8 - week_start) % 7))
@@ -62,6 +64,7 @@ CREATE FUNCTION flowstage_bucket_end(level text, b timestamptz, tz text, n integ
 RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE level
         WHEN 'minute' THEN b + n * interval '1 minute'
+        WHEN '5min' THEN b + n * interval '5 minutes'
         WHEN 'hour' THEN b + n * interval '1 hour'
         WHEN 'day' THEN ((b AT TIME ZONE tz) + n * interval '1 day') AT TIME ZONE tz
         WHEN 'week' THEN ((b AT TIME ZONE tz) + n * interval '7 days') AT TIME ZONE tz
@@ -75,11 +78,12 @@ CREATE FUNCTION flowstage_buckets(level text, lo timestamptz, hi timestamptz, tz
 RETURNS SETOF timestamptz LANGUAGE plpgsql STABLE AS $$
 DECLARE
     first timestamptz := flowstage_bucket(level, lo, tz, week_start, hour_offset);
-    step interval := CASE level WHEN 'minute' THEN interval '1 minute' WHEN 'hour' THEN interval '1 hour'
+    step interval := CASE level WHEN 'minute' THEN interval '1 minute' WHEN '5min' THEN interval '5 minutes'
+        WHEN 'hour' THEN interval '1 hour'
         WHEN 'day' THEN interval '1 day' WHEN 'week' THEN interval '7 days'
         WHEN 'month' THEN interval '1 month' ELSE interval '1 year' END;
 BEGIN
-    IF level IN ('minute', 'hour') THEN
+    IF level IN ('minute', '5min', 'hour') THEN
         RETURN QUERY SELECT g FROM generate_series(first, hi - interval '1 microsecond', step) g;
     ELSE
         RETURN QUERY SELECT g AT TIME ZONE tz
@@ -92,7 +96,7 @@ DO $$
 DECLARE
     lvl text;
 BEGIN
-    FOREACH lvl IN ARRAY ARRAY['hour', 'day', 'week', 'month', 'year'] LOOP
+    FOREACH lvl IN ARRAY ARRAY['5min', 'hour', 'day', 'week', 'month', 'year'] LOOP
         EXECUTE format($f$
             CREATE TABLE %1$I (
                 bucket        timestamptz NOT NULL,
@@ -155,17 +159,18 @@ BEGIN
 END $$;
 
 -- Create the partitions of one rollup level that cover [lo, hi) (idempotent): UTC
--- months for hours (flow_ip_hour_202612), UTC years for the rest (flow_ip_day_2026).
+-- days for five minutes (flow_ip_5min_20261204), UTC months for hours
+-- (flow_ip_hour_202612), UTC years for the rest (flow_ip_day_2026).
 CREATE FUNCTION flowstage_ensure_rollup(level text, lo timestamptz, hi timestamptz)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    unit text := CASE WHEN level = 'hour' THEN 'month' ELSE 'year' END;
-    fmt text := CASE WHEN level = 'hour' THEN 'YYYYMM' ELSE 'YYYY' END;
+    unit text := CASE level WHEN '5min' THEN 'day' WHEN 'hour' THEN 'month' ELSE 'year' END;
+    fmt text := CASE level WHEN '5min' THEN 'YYYYMMDD' WHEN 'hour' THEN 'YYYYMM' ELSE 'YYYY' END;
     p timestamp;
     kind text;
     part text;
 BEGIN
-    IF level NOT IN ('hour', 'day', 'week', 'month', 'year') THEN
+    IF level NOT IN ('5min', 'hour', 'day', 'week', 'month', 'year') THEN
         RAISE EXCEPTION 'not a rollup level: %', level;
     END IF;
     p := date_trunc(unit, lo AT TIME ZONE 'UTC');
@@ -184,25 +189,24 @@ BEGIN
 END $$;
 
 -- Called by the collector in the transaction that writes minutes [first_minute,
--- last_minute]: hours already rolled up that these minutes fall in are marked dirty.
--- The share lock orders this against a running hour rollup, which holds the row
--- for update: either the rollup sees these minutes or this call sees its done_to.
+-- last_minute]: five-minute and hour buckets already rolled up that these minutes fall
+-- in are marked dirty. The share locks order this against a running rollup of those
+-- levels, which holds its row for update: either the rollup sees these minutes or
+-- this call sees its done_to.
 CREATE FUNCTION flowstage_minutes_written(first_minute timestamptz, last_minute timestamptz)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    done timestamptz;
+    l record;
     s rollup_settings%ROWTYPE;
 BEGIN
-    SELECT done_to INTO done FROM rollup_levels WHERE level = 'hour' FOR SHARE;
-    IF done IS NULL OR first_minute >= done THEN
-        RETURN;
-    END IF;
-    SELECT * INTO s FROM rollup_settings;
-    INSERT INTO rollup_dirty (level, bucket)
-    SELECT 'hour', h
-    FROM generate_series(
-        flowstage_bucket('hour', first_minute, s.timezone, s.week_start, s.hour_offset_secs),
-        least(last_minute, done - interval '1 microsecond'),
-        interval '1 hour') h
-    ON CONFLICT DO NOTHING;
+    FOR l IN SELECT level, done_to FROM rollup_levels WHERE level IN ('5min', 'hour')
+             ORDER BY level FOR SHARE LOOP
+        CONTINUE WHEN l.done_to IS NULL OR first_minute >= l.done_to;
+        SELECT * INTO s FROM rollup_settings;
+        INSERT INTO rollup_dirty (level, bucket)
+        SELECT l.level, b
+        FROM flowstage_buckets(l.level, first_minute, least(last_minute + interval '1 minute', l.done_to),
+                               s.timezone, s.week_start, s.hour_offset_secs) b
+        ON CONFLICT DO NOTHING;
+    END LOOP;
 END $$;

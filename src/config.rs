@@ -191,6 +191,8 @@ pub struct RawDatabase {
 pub struct RawRetention {
     /// Days of minute buckets kept. Default 7.
     pub minute_days: Option<u32>,
+    /// Days of five-minute buckets kept. Default 30.
+    pub five_minute_days: Option<u32>,
     /// Days of hour buckets kept. Default 90.
     pub hour_days: Option<u32>,
     /// Days of day buckets kept. Default 730.
@@ -339,6 +341,7 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
     pub minute_days: u32,
+    pub five_minute_days: u32,
     pub hour_days: u32,
     pub day_days: u32,
     /// None: kept forever.
@@ -840,6 +843,7 @@ fn validate_mail(raw: RawMail) -> Result<MailConfig, ConfigError> {
 fn validate_retention(raw: RawRetention) -> Result<RetentionConfig, ConfigError> {
     let r = RetentionConfig {
         minute_days: raw.minute_days.unwrap_or(7),
+        five_minute_days: raw.five_minute_days.unwrap_or(30),
         hour_days: raw.hour_days.unwrap_or(90),
         day_days: raw.day_days.unwrap_or(730),
         week_days: raw.week_days,
@@ -871,6 +875,7 @@ fn validate_retention(raw: RawRetention) -> Result<RetentionConfig, ConfigError>
 
     for (key, days) in [
         ("retention.minute_days", r.minute_days),
+        ("retention.five_minute_days", r.five_minute_days),
         ("retention.hour_days", r.hour_days),
         ("retention.day_days", r.day_days),
         ("retention.raw_days", r.raw_days),
@@ -878,6 +883,16 @@ fn validate_retention(raw: RawRetention) -> Result<RetentionConfig, ConfigError>
         if !(1..=36_500).contains(&days) {
             return Err(invalid(key, days, "must be between 1 and 36500 days"));
         }
+    }
+    if r.five_minute_days < r.minute_days {
+        return Err(invalid(
+            "retention.five_minute_days",
+            r.five_minute_days,
+            format!(
+                "five minutes cannot be kept shorter than minutes (retention.minute_days = {})",
+                r.minute_days
+            ),
+        ));
     }
     if r.hour_days < r.minute_days {
         return Err(invalid(

@@ -44,24 +44,79 @@ impl ReportBy {
         }
     }
 
-    /// (aggregate kind, key expression, extra condition)
-    fn source(self) -> (Kind, &'static str, &'static str) {
+    /// Where a report's rows come from and how they are keyed.
+    fn shape(self) -> Shape {
         const EXPORTER: &str = "coalesce(e.name, host(e.address))";
-        match self {
-            ReportBy::Total => (Kind::Totals, "'total'", ""),
-            ReportBy::Exporter => (Kind::Totals, EXPORTER, ""),
+        let (kind, group, key, extra) = match self {
+            ReportBy::Total => (Kind::Totals, "", "'total'", ""),
+            ReportBy::Exporter => (Kind::Totals, "exporter_id", EXPORTER, ""),
             ReportBy::Interface => (
                 Kind::Totals,
-                "coalesce(e.name, host(e.address)) || ':' || t.ifindex",
+                "exporter_id, ifindex",
+                "coalesce(e.name, host(e.address)) || ':' || g.ifindex",
                 "",
             ),
-            ReportBy::SrcAs => (Kind::As, "t.asn::text", "AND t.side = 0"),
-            ReportBy::DstAs => (Kind::As, "t.asn::text", "AND t.side = 1"),
-            ReportBy::SrcIp => (Kind::Ip, "host(t.addr)", "AND t.side = 0"),
-            ReportBy::DstIp => (Kind::Ip, "host(t.addr)", "AND t.side = 1"),
-            ReportBy::SrcPort => (Kind::Port, "t.port::text", "AND t.side = 0"),
-            ReportBy::DstPort => (Kind::Port, "t.port::text", "AND t.side = 1"),
-            ReportBy::Proto => (Kind::Proto, "t.proto::text", ""),
+            ReportBy::SrcAs => (Kind::As, "asn", "g.asn::text", "AND t.side = 0"),
+            ReportBy::DstAs => (Kind::As, "asn", "g.asn::text", "AND t.side = 1"),
+            ReportBy::SrcIp => (Kind::Ip, "addr", "host(g.addr)", "AND t.side = 0"),
+            ReportBy::DstIp => (Kind::Ip, "addr", "host(g.addr)", "AND t.side = 1"),
+            ReportBy::SrcPort => (Kind::Port, "port", "g.port::text", "AND t.side = 0"),
+            ReportBy::DstPort => (Kind::Port, "port", "g.port::text", "AND t.side = 1"),
+            ReportBy::Proto => (Kind::Proto, "proto", "g.proto::text", ""),
+        };
+        Shape {
+            kind,
+            group,
+            key,
+            extra,
+        }
+    }
+}
+
+/// A report kind as SQL. Rows are grouped on the raw columns (`group`, of the
+/// aggregate table `t`) and only the groups are turned into text keys (`key`, over the
+/// grouped row `g` and, where it names exporters, `e`): a month of minutes has
+/// millions of rows and a few hundred groups.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    kind: Kind,
+    group: &'static str,
+    key: &'static str,
+    extra: &'static str,
+}
+
+impl Shape {
+    /// `t.a, t.b, ` for the SELECT list of the grouping query.
+    fn select(&self) -> String {
+        self.columns().map(|c| format!("t.{c}, ")).collect()
+    }
+
+    /// The GROUP BY list, with `more` appended.
+    fn group_by(&self, more: &str) -> String {
+        let mut list: Vec<String> = self.columns().map(|c| format!("t.{c}")).collect();
+        if !more.is_empty() {
+            list.push(more.to_string());
+        }
+        // Without grouping columns, no rows must still mean no groups.
+        if list.is_empty() {
+            "() HAVING count(*) > 0".to_string()
+        } else {
+            list.join(", ")
+        }
+    }
+
+    fn columns(&self) -> impl Iterator<Item = &'static str> {
+        self.group
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+    }
+
+    fn join(&self) -> &'static str {
+        if self.key.contains("e.") {
+            "JOIN exporters e ON e.id = g.exporter_id"
+        } else {
+            ""
         }
     }
 }
@@ -146,10 +201,11 @@ async fn rank_statistic(
     q: &ReportQuery,
     candidates: &[String],
 ) -> anyhow::Result<std::collections::HashMap<String, u64>> {
-    let (kind, key, extra) = q.by.source();
+    let shape = q.by.shape();
+    let (extra, key, join) = (shape.extra, shape.key, shape.join());
     let step = rank_step(q);
     let plan = plan(client, q, crate::rollup::coarsest_for_step(step)).await?;
-    let (from, filter, mut params) = scoped(q, kind, &plan);
+    let (from, filter, mut params) = scoped(q, shape.kind, &plan);
     params.push(Box::new(step));
     let n = params.len();
     params.push(Box::new(candidates.to_vec()));
@@ -159,9 +215,12 @@ async fn rank_statistic(
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
     let sql = format!(
-        "SELECT {key} AS k, (extract(epoch FROM t.minute)::bigint / ${n}) AS b, sum(t.bytes)::bigint
-         FROM {from}
-         WHERE {filter} {extra} AND {key} = ANY(${keys_param}) GROUP BY 1, 2"
+        "SELECT {key} AS k, g.s, g.v FROM (
+             SELECT {select}(extract(epoch FROM t.minute)::bigint / ${n}) AS s, sum(t.bytes)::bigint AS v
+             FROM {from} WHERE {filter} {extra} GROUP BY {group}
+         ) g {join} WHERE {key} = ANY(${keys_param})",
+        select = shape.select(),
+        group = shape.group_by("s")
     );
     let steps = usize::try_from((plan.to.timestamp() - plan.from.timestamp() + step - 1) / step)
         .unwrap_or(1)
@@ -204,19 +263,19 @@ async fn plan(client: &Client, q: &ReportQuery, coarsest: Level) -> anyhow::Resu
     crate::rollup::plan(client, from, to, coarsest).await
 }
 
-/// The FROM clause (`t`, the plan's rows of one aggregate kind, and `e`, exporters),
+/// The FROM clause (`t`, the plan's rows of one aggregate kind),
 /// the WHERE clause for a query's direction, scope and access, and their parameters.
 fn scoped(q: &ReportQuery, kind: Kind, plan: &Plan) -> (String, String, Params) {
     let mut params: Params = Vec::new();
     let source = crate::rollup::source_sql(plan, kind, &mut params);
-    let from = format!("{source} t JOIN exporters e ON e.id = t.exporter_id");
+    let from = format!("{source} t");
     params.push(Box::new(q.direction as i16));
     let mut filter = format!("t.direction = ${}", params.len());
     if let Some(e) = &q.exporter {
         params.push(Box::new(e.clone()));
         let _ = write!(
             filter,
-            " AND (e.name = ${0} OR host(e.address) = ${0})",
+            " AND t.exporter_id IN (SELECT id FROM exporters WHERE name = ${0} OR host(address) = ${0})",
             params.len()
         );
     }
@@ -262,7 +321,8 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
         schema.is_some(),
         "this database has no Flowstage tables yet; the collector creates them when it starts"
     );
-    let (kind, key, extra) = q.by.source();
+    let shape = q.by.shape();
+    let (kind, extra, key, join) = (shape.kind, shape.extra, shape.key, shape.join());
     let plan = plan(client, q, Level::Year).await?;
     let (source, filter, params) = scoped(q, kind, &plan);
     let refs: Vec<&(dyn ToSql + Sync)> = params
@@ -279,15 +339,17 @@ pub async fn run(client: &Client, q: &ReportQuery) -> anyhow::Result<Report> {
     // One scan gives the top rows and, by a window over all groups ("other" included),
     // the table's sum that "other" is computed from.
     let grouped = format!(
-        "SELECT k, b, p, f, tb, tp, tf FROM (
-             SELECT {key} AS k, sum(t.bytes)::bigint AS b, sum(t.packets)::bigint AS p,
+        "SELECT {key} AS k, g.b, g.p, g.f, g.tb, g.tp, g.tf FROM (
+             SELECT {select}sum(t.bytes)::bigint AS b, sum(t.packets)::bigint AS p,
                     sum(t.flows)::bigint AS f,
                     (sum(sum(t.bytes)) OVER ())::bigint AS tb,
                     (sum(sum(t.packets)) OVER ())::bigint AS tp,
                     (sum(sum(t.flows)) OVER ())::bigint AS tf
              FROM {source}
-             WHERE {filter} {extra} GROUP BY 1
-         ) g WHERE k IS NOT NULL ORDER BY b DESC, k LIMIT {candidates}"
+             WHERE {filter} {extra} GROUP BY {group}
+         ) g {join} WHERE {key} IS NOT NULL ORDER BY g.b DESC, k LIMIT {candidates}",
+        select = shape.select(),
+        group = shape.group_by("")
     );
     let table_sum = format!(
         "SELECT coalesce(sum(t.bytes), 0)::bigint, coalesce(sum(t.packets), 0)::bigint, coalesce(sum(t.flows), 0)::bigint
@@ -456,10 +518,11 @@ pub async fn series(
     step_secs: i64,
     measure: Measure,
 ) -> anyhow::Result<Series> {
-    let (kind, key, extra) = q.by.source();
+    let shape = q.by.shape();
+    let (extra, key, join) = (shape.extra, shape.key, shape.join());
     let step = step_secs.max(60);
     let plan = plan(client, q, crate::rollup::coarsest_for_step(step)).await?;
-    let (source, filter, mut params) = scoped(q, kind, &plan);
+    let (source, filter, mut params) = scoped(q, shape.kind, &plan);
     // Steps of a day or a week are the display time zone's calendar days or weeks, as
     // the rollups are; shorter steps are aligned like the rollup hours.
     let calendar = match (step, &plan.settings) {
@@ -498,10 +561,13 @@ pub async fn series(
         .collect();
     let column = measure.column();
     let sql = format!(
-        "SELECT {bucket} AS b,
-                CASE WHEN {key} = ANY(${keys_param}) THEN {key} END AS k, sum(t.{column})::bigint
-         FROM {source}
-         WHERE {filter} {extra} GROUP BY 1, 2 ORDER BY 1"
+        "SELECT g.s, CASE WHEN {key} = ANY(${keys_param}) THEN {key} END AS k, sum(g.v)::bigint
+         FROM (
+             SELECT {select}{bucket} AS s, sum(t.{column}) AS v
+             FROM {source} WHERE {filter} {extra} GROUP BY {group}
+         ) g {join} GROUP BY 1, 2 ORDER BY 1",
+        select = shape.select(),
+        group = shape.group_by("s")
     );
     let keys: Vec<String> = report.rows.iter().map(|r| r.key.clone()).collect();
     let other = keys.iter().position(|k| k == "other");

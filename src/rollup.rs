@@ -21,6 +21,9 @@ use crate::config::{HistoryConfig, RetentionConfig};
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Minute,
+    #[serde(rename = "5min")]
+    #[value(name = "5min")]
+    FiveMin,
     Hour,
     Day,
     Week,
@@ -31,7 +34,8 @@ pub enum Level {
 impl Level {
     /// The levels that are rolled up, in the order a run processes them (each after its
     /// source).
-    pub const ROLLUPS: [Level; 5] = [
+    pub const ROLLUPS: [Level; 6] = [
+        Level::FiveMin,
         Level::Hour,
         Level::Day,
         Level::Week,
@@ -42,6 +46,7 @@ impl Level {
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Minute => "minute",
+            Level::FiveMin => "5min",
             Level::Hour => "hour",
             Level::Day => "day",
             Level::Week => "week",
@@ -51,23 +56,17 @@ impl Level {
     }
 
     fn parse(s: &str) -> Option<Level> {
-        [
-            Level::Minute,
-            Level::Hour,
-            Level::Day,
-            Level::Week,
-            Level::Month,
-            Level::Year,
-        ]
-        .into_iter()
-        .find(|l| l.as_str() == s)
+        std::iter::once(Level::Minute)
+            .chain(Level::ROLLUPS)
+            .find(|l| l.as_str() == s)
     }
 
-    /// The level a rollup level is computed from. Weeks come from days because weeks do
-    /// not tile months.
+    /// The level a rollup level is computed from. Hours come from minutes, not five
+    /// minutes, so that their top N is chosen from the finest data; weeks come from days
+    /// because weeks do not tile months.
     pub fn source(self) -> Level {
         match self {
-            Level::Minute | Level::Hour => Level::Minute,
+            Level::Minute | Level::FiveMin | Level::Hour => Level::Minute,
             Level::Day => Level::Hour,
             Level::Week | Level::Month => Level::Day,
             Level::Year => Level::Month,
@@ -77,11 +76,11 @@ impl Level {
     /// The levels computed from this one.
     fn consumers(self) -> &'static [Level] {
         match self {
-            Level::Minute => &[Level::Hour],
+            Level::Minute => &[Level::FiveMin, Level::Hour],
             Level::Hour => &[Level::Day],
             Level::Day => &[Level::Week, Level::Month],
             Level::Month => &[Level::Year],
-            Level::Week | Level::Year => &[],
+            Level::FiveMin | Level::Week | Level::Year => &[],
         }
     }
 
@@ -89,7 +88,8 @@ impl Level {
     /// hour chunk when it writes late minutes, never waits long.
     fn chunk_buckets(self) -> i32 {
         match self {
-            Level::Minute | Level::Hour => 6,
+            Level::Minute | Level::FiveMin => 72,
+            Level::Hour => 6,
             Level::Day => 3,
             Level::Week | Level::Month | Level::Year => 1,
         }
@@ -99,6 +99,7 @@ impl Level {
     fn nominal_secs(self) -> i64 {
         match self {
             Level::Minute => 60,
+            Level::FiveMin => 300,
             Level::Hour => 3600,
             Level::Day => 86_400,
             Level::Week => 7 * 86_400,
@@ -126,6 +127,7 @@ impl Level {
     fn retention_days(self, r: &RetentionConfig) -> Option<u32> {
         match self {
             Level::Minute => Some(r.minute_days),
+            Level::FiveMin => Some(r.five_minute_days),
             Level::Hour => Some(r.hour_days),
             Level::Day => Some(r.day_days),
             Level::Week => r.week_days,
@@ -134,8 +136,8 @@ impl Level {
         }
     }
 
-    /// The end of the partition named with this suffix (`20261204` for minute days,
-    /// `202612` for hour months, `2026` for the other levels' years).
+    /// The end of the partition named with this suffix (`20261204` for minute and
+    /// five-minute days, `202612` for hour months, `2026` for the other levels' years).
     fn partition_end(self, suffix: &str) -> Option<DateTime<Utc>> {
         let digits = |r: std::ops::Range<usize>| suffix.get(r)?.parse::<i32>().ok();
         let date = |y: i32, m: u32, d: u32| {
@@ -144,7 +146,7 @@ impl Level {
                 .map(|t| t.and_utc())
         };
         match (self, suffix.len()) {
-            (Level::Minute, 8) => {
+            (Level::Minute | Level::FiveMin, 8) => {
                 let start = date(digits(0..4)?, digits(4..6)? as u32, digits(6..8)? as u32)?;
                 Some(start + chrono::Duration::days(1))
             }
@@ -781,14 +783,7 @@ async fn purge_locked(
             .find(|(name, _)| name == l.as_str())
             .and_then(|s| s.1)
     };
-    for level in [
-        Level::Minute,
-        Level::Hour,
-        Level::Day,
-        Level::Week,
-        Level::Month,
-        Level::Year,
-    ] {
+    for level in std::iter::once(Level::Minute).chain(Level::ROLLUPS) {
         let Some(days) = level.retention_days(retention) else {
             continue;
         };
@@ -934,6 +929,7 @@ pub fn coarsest_for_step(step_secs: i64) -> Level {
         s if s >= 7 * 86_400 && s % (7 * 86_400) == 0 => Level::Week,
         s if s >= 86_400 && s % 86_400 == 0 => Level::Day,
         s if s >= 3600 && s % 3600 == 0 => Level::Hour,
+        s if s >= 300 && s % 300 == 0 => Level::FiveMin,
         _ => Level::Minute,
     }
 }
@@ -1052,9 +1048,19 @@ fn plan_from_states(
     let by_month = tile(
         from,
         to,
-        &chain(&[Level::Hour, Level::Day, Level::Month, Level::Year]),
+        &chain(&[
+            Level::FiveMin,
+            Level::Hour,
+            Level::Day,
+            Level::Month,
+            Level::Year,
+        ]),
     );
-    let by_week = tile(from, to, &chain(&[Level::Hour, Level::Day, Level::Week]));
+    let by_week = tile(
+        from,
+        to,
+        &chain(&[Level::FiveMin, Level::Hour, Level::Day, Level::Week]),
+    );
     let cost = |segments: &[Segment]| -> i64 {
         segments
             .iter()

@@ -100,7 +100,7 @@ const KINDS: [(&str, &str); 5] = [
     ("flow_port", "exporter_id, ifindex, direction, side"),
     ("flow_ip", "exporter_id, ifindex, direction, side"),
 ];
-const LEVELS: [&str; 5] = ["hour", "day", "week", "month", "year"];
+const LEVELS: [&str; 6] = ["5min", "hour", "day", "week", "month", "year"];
 
 /// Per-group sums of a table as text, for comparison between levels.
 fn sums(pg: &Pg, db: &str, table: &str, group: &str) -> String {
@@ -238,7 +238,7 @@ fn reruns_interruptions_gaps_and_late_minutes_never_double_count() {
             "SELECT count(*) FROM rollup_levels WHERE done_to IS NOT NULL"
         ),
         "1",
-        "only hours were rolled up before the interruption"
+        "only five minutes were rolled up before the interruption"
     );
     run_ok(&config, &url, "rollup", &["--now", "2027-01-03T00:00:00Z"]);
     assert_every_level_exact(pg, &db);
@@ -271,8 +271,10 @@ fn reruns_interruptions_gaps_and_late_minutes_never_double_count() {
         ],
     );
     let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(summary[0]["level"], "hour");
-    assert_eq!(summary[0]["redone_buckets"], 6);
+    assert_eq!(summary[0]["level"], "5min");
+    assert_eq!(summary[0]["redone_buckets"], 6 * 12);
+    assert_eq!(summary[1]["level"], "hour");
+    assert_eq!(summary[1]["redone_buckets"], 6);
     assert_every_level_exact(pg, &db);
 
     // Late minutes into hours (and so days, weeks, months, years) already rolled up,
@@ -287,8 +289,8 @@ fn reruns_interruptions_gaps_and_late_minutes_never_double_count() {
          COMMIT;",
     );
     assert_eq!(
-        pg.psql(&db, "SELECT string_agg(level || ' ' || to_char(bucket AT TIME ZONE 'UTC', 'HH24:MI'), ',') FROM rollup_dirty"),
-        "hour 21:00"
+        pg.psql(&db, "SELECT string_agg(level || ' ' || to_char(bucket AT TIME ZONE 'UTC', 'HH24:MI'), ',' ORDER BY level) FROM rollup_dirty"),
+        "5min 21:15,hour 21:00"
     );
     let json = run_ok(
         &config,
@@ -303,7 +305,11 @@ fn reruns_interruptions_gaps_and_late_minutes_never_double_count() {
         .iter()
         .map(|l| l["redone_buckets"].as_i64().unwrap())
         .collect();
-    assert_eq!(redone, [1, 1, 1, 1, 1], "the hour and every level above it");
+    assert_eq!(
+        redone,
+        [1, 1, 1, 1, 1, 1],
+        "the five minutes, the hour and every level above it"
+    );
     assert_every_level_exact(pg, &db);
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM rollup_dirty"), "0");
 }
@@ -353,7 +359,7 @@ fn purge_drops_whole_partitions_exactly_at_the_boundary() {
     );
     // Not rolled up yet: kept, and said why.
     let out = run_ok(&config, &url, "purge", &["--now", "2026-01-10T00:00:00Z"]);
-    assert!(out.contains("kept: not rolled up to hour yet"), "{out}");
+    assert!(out.contains("kept: not rolled up to 5min yet"), "{out}");
     assert_eq!(partitions("").split(' ').count(), 4);
 
     let before: Vec<serde_json::Value> = ["total", "proto", "dst-ip", "src-as"]

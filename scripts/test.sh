@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. On a fresh Debian 12 machine, as root, it first installs what
-# the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump); the tests
+# the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump, and DuckDB
+# from PyPI in a virtualenv under target/, to read the Parquet archive); the tests
 # start their own PostgreSQL clusters and collectors and stop them at the end. As root
 # on Debian/Ubuntu it also runs the installer's end-to-end test, which really installs
 # the appliance on this machine and uninstalls it again (FLOWSTAGE_E2E_INSTALL=0 skips
@@ -18,6 +19,8 @@ command -v runuser >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "test.sh: missing packages: ${need[*]}; install them or run as root" >&2
@@ -43,6 +46,13 @@ cargo clippy --all-targets --locked -- -D warnings
 if [ "$(id -u)" -eq 0 ] && [ -f /etc/debian_version ]; then
     export FLOWSTAGE_E2E_INSTALL=${FLOWSTAGE_E2E_INSTALL:-1}
 fi
+# DuckDB reads the archive in the tests, as an operator's tools would.
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import duckdb' 2>/dev/null; then
+    mkdir -p target
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install -q --disable-pip-version-check duckdb
+fi
+export FLOWSTAGE_PYTHON="$PWD/target/pyenv/bin/python" FLOWSTAGE_REQUIRE_DUCKDB=1
 # The packages above include the browser, so its test must run, not skip.
 export FLOWSTAGE_REQUIRE_BROWSER=1
 cargo test --locked --all-targets

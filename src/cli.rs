@@ -49,6 +49,46 @@ pub enum CollectorCommand {
     Rollup(RollupArgs),
     /// Drop the partitions retention no longer keeps (what the daily timer runs).
     Purge(PurgeArgs),
+    /// Raw flows from the archive, listed or aggregated, with an nfdump-like filter.
+    Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The archive's data directory, overriding collector.data_dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Start (inclusive), of the flows' end times: RFC 3339, YYYY-MM-DD[ HH:MM], now, -1h.
+    #[arg(long, default_value = "-1h", allow_hyphen_values = true)]
+    pub from: String,
+    /// End (exclusive).
+    #[arg(long, default_value = "now", allow_hyphen_values = true)]
+    pub to: String,
+    /// Aggregate by this key (as `report --by`); without it, flows are listed.
+    #[arg(long, value_enum)]
+    pub by: Option<ReportBy>,
+    /// Rows shown when aggregating; the rest is summed into "other".
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Flows shown when listing.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Which interface `--by interface` counts: the input (in) or output (out) one.
+    #[arg(long, value_enum, default_value = "in")]
+    pub direction: DirectionArg,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+    /// Threads reading the archive. Default: one per CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print files, row groups and flows read, and the scan rate, on stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// The filter, e.g. `src ip 10.0.0.1 and dst port 443` (see docs/archive.md).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -351,11 +391,28 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let items = rt.block_on(async {
+            let mut items = rt.block_on(async {
                 let mut client = crate::db::connect(&config.database_url).await?;
                 crate::db::migrate(&mut client).await?;
                 crate::rollup::purge(&mut client, &config.retention, now, a.dry_run).await
             })?;
+            // The archive's age and size caps, as the collector applies at each rotation
+            // (here also while it is stopped).
+            let window = i64::try_from(config.collector.archive_rotate_secs).unwrap_or(300);
+            let removed = crate::archive::enforce_caps(
+                &crate::archive::root(&config.collector.data_dir),
+                config.collector.archive_max_bytes,
+                now - chrono::Duration::days(i64::from(config.retention.raw_days)),
+                window,
+                a.dry_run,
+            )?;
+            items.extend(removed.into_iter().map(|f| crate::rollup::PurgeItem {
+                level: "raw".into(),
+                period: f.path.display().to_string(),
+                ends: (f.window + chrono::Duration::seconds(window)).to_rfc3339(),
+                dropped: !a.dry_run,
+                kept_because: None,
+            }));
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&items)?);
             } else if items.is_empty() {
@@ -371,6 +428,105 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                     println!("{:<6} {:<8} (ends {})  {what}", i.level, i.period, i.ends);
                 }
             }
+            Ok(())
+        }
+        CollectorCommand::Query(a) => {
+            let config = a.common.load()?;
+            let now = chrono::Utc::now();
+            let from = crate::timespec::parse_time(&a.from, now).context("--from")?;
+            let to = crate::timespec::parse_time(&a.to, now).context("--to")?;
+            anyhow::ensure!(from < to, "--from must be before --to");
+            anyhow::ensure!(a.top >= 1, "--top {}: must be at least 1", a.top);
+            let mut names: std::collections::HashMap<std::net::IpAddr, String> = config
+                .exporters
+                .iter()
+                .filter_map(|e| e.name.clone().map(|n| (e.address, n)))
+                .collect();
+            // Names the database knows (registered exporters), when it can be reached.
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let url = config.database_url.clone();
+                let known = rt.block_on(async move {
+                    let client = tokio::time::timeout(
+                        std::time::Duration::from_secs(3),
+                        crate::db::connect(&url),
+                    )
+                    .await
+                    .ok()?
+                    .ok()?;
+                    let rows = client
+                        .query(
+                            "SELECT address, name FROM exporters WHERE name IS NOT NULL",
+                            &[],
+                        )
+                        .await
+                        .ok()?;
+                    Some(
+                        rows.iter()
+                            .map(|r| (r.get::<_, std::net::IpAddr>(0), r.get::<_, String>(1)))
+                            .collect::<Vec<_>>(),
+                    )
+                });
+                for (addr, name) in known.unwrap_or_default() {
+                    names.entry(addr).or_insert(name);
+                }
+            }
+            let text = a.filter.join(" ");
+            let filter = crate::archive::filter::parse(&text, &|name| {
+                names
+                    .iter()
+                    .find(|(_, n)| n.as_str() == name)
+                    .map(|(a, _)| *a)
+            })
+            .map_err(|e| anyhow::anyhow!("{}", e.pointed(&text)))?;
+            let data_dir = a
+                .data_dir
+                .clone()
+                .unwrap_or(config.collector.data_dir.clone());
+            let root = crate::archive::root(&data_dir);
+            let files = crate::archive::query::files_for(
+                &root,
+                from,
+                to,
+                i64::try_from(config.collector.archive_rotate_secs).unwrap_or(300),
+            )?;
+            let options = crate::archive::query::QueryOptions {
+                from,
+                to,
+                filter,
+                by: a.by,
+                top: a.top,
+                limit: a.limit,
+                direction: match a.direction {
+                    DirectionArg::In => Direction::In,
+                    DirectionArg::Out => Direction::Out,
+                },
+                threads: a
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            };
+            let started = std::time::Instant::now();
+            let (result, stats) = crate::archive::query::run(&files, &options, &names)?;
+            let secs = started.elapsed().as_secs_f64();
+            if a.stats {
+                eprintln!(
+                    "{} files, {} row groups, {} flows read in {:.3} s ({:.1} M flows/s)",
+                    stats.files,
+                    stats.row_groups,
+                    stats.flows_scanned,
+                    secs,
+                    stats.flows_scanned as f64 / secs.max(1e-9) / 1e6
+                );
+            }
+            let out = match result {
+                crate::archive::query::QueryResult::Report(r) => r.render(a.format)?,
+                crate::archive::query::QueryResult::Flows { rows, matched } => {
+                    crate::archive::query::render_flows(&rows, matched, a.format)?
+                }
+            };
+            print!("{out}");
             Ok(())
         }
         CollectorCommand::Gen(a) => {

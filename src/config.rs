@@ -261,6 +261,14 @@ pub struct RawCollector {
     pub max_keys_per_bucket: Option<usize>,
     /// Flows per second the site expects, for the installer's disk sizing. Default 5000.
     pub expected_flows_per_second: Option<u64>,
+    /// Write every decoded flow to the Parquet archive under `data_dir/archive`.
+    /// Default true.
+    pub archive: Option<bool>,
+    /// Seconds per archive file (flow-capture's `-n`); must divide a day. Default 300.
+    pub archive_rotate_secs: Option<u64>,
+    /// Upper bound of the archive's total size; the oldest files go first (`-E`).
+    /// Default 10 GiB. Files older than `retention.raw_days` go too.
+    pub archive_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,6 +432,9 @@ pub struct CollectorConfig {
     pub template_wait_secs: u64,
     pub max_keys_per_bucket: usize,
     pub expected_flows_per_second: u64,
+    pub archive: bool,
+    pub archive_rotate_secs: u64,
+    pub archive_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -665,6 +676,22 @@ impl RawConfig {
             }
             Ok(_) => {}
         }
+        let archive_rotate_secs = c.archive_rotate_secs.unwrap_or(300);
+        if !(60..=86_400).contains(&archive_rotate_secs) || 86_400 % archive_rotate_secs != 0 {
+            return Err(invalid(
+                "collector.archive_rotate_secs",
+                archive_rotate_secs,
+                "must divide a day (86400) and be at least 60, e.g. 300 or 900",
+            ));
+        }
+        let archive_max_bytes = c.archive_max_bytes.unwrap_or(10 << 30);
+        if archive_max_bytes < 1 << 20 {
+            return Err(invalid(
+                "collector.archive_max_bytes",
+                archive_max_bytes,
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         let expected_flows_per_second = c.expected_flows_per_second.unwrap_or(5000);
         if expected_flows_per_second > 100_000_000 {
             return Err(invalid(
@@ -700,6 +727,9 @@ impl RawConfig {
                 template_wait_secs: c.template_wait_secs.unwrap_or(60),
                 max_keys_per_bucket: max_keys,
                 expected_flows_per_second,
+                archive: c.archive.unwrap_or(true),
+                archive_rotate_secs,
+                archive_max_bytes,
             },
             exporters,
         })

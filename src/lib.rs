@@ -7,6 +7,7 @@
 //! [`encode`] produce traffic with known totals for tests and benchmarks. [`setup`] is
 //! the installer and configuration manager; [`web`] the web daemon.
 
+pub mod archive;
 pub mod cli;
 pub mod collector;
 pub mod config;

@@ -112,6 +112,22 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         pending_max_age_ms: c.template_wait_secs as i64 * 1000,
         ..Limits::default()
     };
+    let archive = if c.archive {
+        let (sender, handle) = crate::archive::ArchiveWriter {
+            root: crate::archive::root(&c.data_dir),
+            window_secs: i64::try_from(c.archive_rotate_secs).unwrap_or(300),
+            block_rows: 128 * 1024,
+            block_secs: 30,
+            max_bytes: c.archive_max_bytes,
+            max_age_days: config.retention.raw_days,
+            clock: crate::archive::system_clock(),
+        }
+        .spawn()
+        .context("starting the flow archive")?;
+        Some((sender, handle))
+    } else {
+        None
+    };
     let mut worker_txs = Vec::new();
     let mut worker_threads = Vec::new();
     let mut reports = Vec::new();
@@ -127,6 +143,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 grace_secs: c.flush_grace_secs,
                 limits,
                 batch_prefix: format!("{instance}-{i}"),
+                archive: archive.as_ref().map(|(sender, _)| sender.clone()),
             },
             settings.clone(),
             writer_tx.clone(),
@@ -196,6 +213,19 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     for t in worker_threads {
         if t.join().is_err() {
             tracing::error!("worker thread panicked");
+        }
+    }
+    if let Some((sender, handle)) = archive {
+        let dropped = sender.dropped_flows.load(Ordering::Relaxed);
+        drop(sender);
+        if handle.join().is_err() {
+            tracing::error!("archive thread panicked");
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "flows not archived because the archive fell behind"
+            );
         }
     }
     runtime.block_on(writer_task).context("database writer")?;

@@ -76,6 +76,8 @@ pub struct WorkerConfig {
     pub grace_secs: u64,
     pub limits: Limits,
     pub batch_prefix: String,
+    /// Where decoded flows are archived, when the archive is on.
+    pub archive: Option<crate::archive::ArchiveSender>,
 }
 
 #[derive(Debug)]
@@ -90,7 +92,12 @@ pub struct Worker {
     writer: UnboundedSender<WriterMsg>,
     report: Arc<Mutex<WorkerReport>>,
     records: Vec<FlowRecord>,
+    archive: Option<crate::archive::ArchiveSender>,
+    archive_buffer: Vec<crate::archive::ArchivedFlow>,
 }
+
+/// Flows a worker hands the archive at once.
+const ARCHIVE_BATCH: usize = 8192;
 
 /// Largest sampling rate accepted, from an exporter or the configuration.
 pub const MAX_SAMPLING_RATE: u32 = 1 << 24;
@@ -140,6 +147,8 @@ impl Worker {
             writer,
             report,
             records: Vec::with_capacity(64),
+            archive: cfg.archive,
+            archive_buffer: Vec::new(),
         }
     }
 
@@ -218,6 +227,20 @@ impl Worker {
                     st.bytes = st.bytes.saturating_add(r.scaled_bytes());
                 }
                 self.aggregator.add_batch(addr, &self.records, now_ms);
+                if let Some(archive) = &self.archive {
+                    self.archive_buffer.extend(self.records.iter().map(|r| {
+                        crate::archive::ArchivedFlow {
+                            exporter: addr,
+                            record: *r,
+                        }
+                    }));
+                    if self.archive_buffer.len() >= ARCHIVE_BATCH {
+                        archive.send(std::mem::replace(
+                            &mut self.archive_buffer,
+                            Vec::with_capacity(ARCHIVE_BATCH),
+                        ));
+                    }
+                }
             }
             Err(e) => {
                 let key = ExporterKey {
@@ -236,6 +259,11 @@ impl Worker {
 
     /// Once a second (and at the end): finish due buckets, age held data, publish.
     pub fn tick(&mut self, now_ms: i64, final_flush: bool) {
+        if let Some(archive) = &self.archive {
+            if !self.archive_buffer.is_empty() {
+                archive.send(std::mem::take(&mut self.archive_buffer));
+            }
+        }
         for expired in self
             .decoder
             .take_expired(if final_flush { i64::MAX } else { now_ms })

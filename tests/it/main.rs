@@ -5,6 +5,7 @@
 
 mod support;
 
+mod archive;
 mod browser;
 mod captures;
 mod decode;

@@ -506,6 +506,7 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                 threads: a
                     .threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                interfaces: None,
             };
             let started = std::time::Instant::now();
             let (result, stats) = crate::archive::query::run(&files, &options, &names)?;

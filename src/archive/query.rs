@@ -39,9 +39,12 @@ pub struct QueryOptions {
     pub top: usize,
     /// At most this many flows listed.
     pub limit: usize,
-    /// Which interface `--by interface` counts.
+    /// Which interface `--by interface` (and `interfaces`) looks at.
     pub direction: Direction,
     pub threads: usize,
+    /// Only flows whose (exporter, interface) is one of these: the web's scope and
+    /// grants. None: no restriction.
+    pub interfaces: Option<std::collections::HashSet<([u8; 16], u32)>>,
 }
 
 /// One listed flow.
@@ -415,6 +418,16 @@ impl Scan<'_> {
             {
                 continue;
             }
+            if let Some(allowed) = &self.options.interfaces {
+                let mut e = [0u8; 16];
+                let raw = block.bytes(col::EXPORTER, i);
+                if raw.len() == 16 {
+                    e.copy_from_slice(raw);
+                }
+                if !allowed.contains(&(e, block.u32(key_if, i))) {
+                    continue;
+                }
+            }
             let (b, p, f) = (
                 bytes.get(i).map_or(0, |v| (*v).max(0) as u64),
                 packets.get(i).map_or(0, |v| (*v).max(0) as u64),
@@ -549,6 +562,14 @@ pub fn run(
     let mut columns = vec![col::END_MS, col::BYTES, col::PACKETS, col::FLOWS];
     filter_columns(&filter, &mut columns);
     columns.extend(key_columns(options.by, options.direction));
+    if options.interfaces.is_some() {
+        columns.push(col::EXPORTER);
+        columns.push(if options.direction == Direction::In {
+            col::INPUT_IF
+        } else {
+            col::OUTPUT_IF
+        });
+    }
     columns.sort_unstable();
     columns.dedup();
     let scan = Scan {

@@ -199,6 +199,9 @@ pub async fn openapi() -> Response {
     };
     let mut series_params = view_params.clone();
     series_params.push(serde_json::json!({"name": "points", "in": "query", "required": false, "description": "About how many time steps, 1 to 2000 (default 120)", "schema": {"type": "string"}}));
+    let mut flows_params = view_params.clone();
+    flows_params.push(serde_json::json!({"name": "key", "in": "query", "required": false, "description": "A report row's key (of the kind `by` says): only its flows", "schema": {"type": "string"}}));
+    flows_params.push(serde_json::json!({"name": "limit", "in": "query", "required": false, "description": "Flows listed, 1 to 1000 (default 100)", "schema": {"type": "string"}}));
     let doc = serde_json::json!({
         "openapi": "3.0.3",
         "info": {"title": "Flowstage API", "version": env!("CARGO_PKG_VERSION"),
@@ -215,11 +218,15 @@ pub async fn openapi() -> Response {
             "/api/v1/report": {"get": {"summary": "Top N + other and the total for a scope and period", "parameters": view_params,
                 "responses": ok(serde_json::json!({"type": "object", "properties": {
                     "from": {"type": "string"}, "to": {"type": "string"}, "by": {"type": "string"},
-                    "rows": {"type": "array", "items": row}, "total": {"type": "object"}}}))}},
+                    "rows": {"type": "array", "items": row}, "total": {"type": "object"},
+                    "sources": {"type": "array", "items": {"type": "string"}}}}))}},
             "/api/v1/series": {"get": {"summary": "The report's rows over time (bytes per step)", "parameters": series_params,
                 "responses": ok(serde_json::json!({"type": "object", "properties": {
                     "step_secs": {"type": "integer"}, "keys": {"type": "array", "items": {"type": "string"}},
-                    "points": {"type": "array", "items": {"type": "object"}}}}))}}
+                    "points": {"type": "array", "items": {"type": "object"}}}}))}},
+            "/api/v1/flows": {"get": {"summary": "The raw flows behind a report or one of its rows, from the archive", "parameters": flows_params,
+                "responses": ok(serde_json::json!({"type": "object", "properties": {
+                    "matched": {"type": "integer"}, "flows": {"type": "array", "items": {"type": "object"}}}}))}}
         }
     });
     Json(doc).into_response()

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod flows;
 pub mod pages;
 pub mod svg;
 pub mod view;
@@ -60,6 +61,9 @@ pub struct AppState {
     pub collector_metrics: Option<SocketAddr>,
     /// Cookies carry `Secure` when served over TLS.
     pub secure_cookies: bool,
+    /// The collector's flow archive, for drill-down to raw flows (None when off).
+    pub archive_root: Option<std::path::PathBuf>,
+    pub archive_window_secs: i64,
 }
 
 impl AppState {
@@ -277,6 +281,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/report", get(pages::report))
         .route("/report.csv", get(pages::report_csv))
         .route("/interface", get(pages::interface_page))
+        .route("/flows", get(flows::page))
         .route("/graph.svg", get(pages::graph_svg))
         .route("/graph.png", get(pages::graph_png))
         .route("/static/style.css", get(pages::stylesheet))
@@ -301,6 +306,7 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/api/v1/interfaces", get(api::interfaces))
         .route("/api/v1/report", get(api::report))
         .route("/api/v1/series", get(api::series))
+        .route("/api/v1/flows", get(flows::api_flows))
         .fallback(|| async { WebError::NotFound("no such page".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -334,6 +340,11 @@ pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
         throttle: auth::Throttle::default(),
         collector_metrics: config.collector.metrics,
         secure_cookies: tls.is_some(),
+        archive_root: config
+            .collector
+            .archive
+            .then(|| crate::archive::root(&config.collector.data_dir)),
+        archive_window_secs: i64::try_from(config.collector.archive_rotate_secs).unwrap_or(300),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let rt = tokio::runtime::Builder::new_multi_thread()

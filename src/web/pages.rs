@@ -271,7 +271,7 @@ fn change(now: u64, before: Option<u64>) -> String {
 
 fn report_table(view: &View, r: &report::Report, previous: Option<&report::Report>) -> String {
     let mut t = String::from(
-        "<table><thead><tr><th>key</th><th>avg bit/s</th><th>bytes</th><th>packets</th><th>flows</th><th>% of bytes</th>",
+        "<table><thead><tr><th>key</th><th>avg bit/s</th><th>bytes</th><th>packets</th><th>flows</th><th>% of bytes</th><th>raw</th>",
     );
     if previous.is_some() {
         t.push_str("<th>bytes, previous period</th><th>change</th>");
@@ -286,7 +286,7 @@ fn report_table(view: &View, r: &report::Report, previous: Option<&report::Repor
         })
     };
     let total = r.total.bytes.max(1) as f64;
-    for row in &r.rows {
+    for (n, row) in r.rows.iter().enumerate() {
         // Drill down: an exporter to its interfaces, an interface to its ports.
         let key = match view.by {
             ReportBy::Exporter if row.key != "other" => format!(
@@ -320,6 +320,21 @@ fn report_table(view: &View, r: &report::Report, previous: Option<&report::Repor
             row.flows,
             100.0 * row.bytes as f64 / total
         );
+        // Down to the flows behind the row, from the archive: for the first 100 rows,
+        // so that a top 1000 stays a small page (the API takes any key).
+        if row.key == "other" || n >= 100 {
+            t.push_str("<td></td>");
+        } else {
+            let _ = write!(
+                t,
+                "<td><a href=\"{}\">flows</a></td>",
+                escape(&format!(
+                    "{}&key={}",
+                    view.link("/flows", |_| {}),
+                    crate::web::view::encode(&row.key)
+                ))
+            );
+        }
         if let Some(b) = before(&row.key) {
             let _ = write!(t, "<td>{b}</td><td>{}</td>", change(row.bytes, Some(b)));
         }
@@ -327,7 +342,7 @@ fn report_table(view: &View, r: &report::Report, previous: Option<&report::Repor
     }
     let _ = write!(
         t,
-        "</tbody><tfoot><tr><th>total</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>100</th>",
+        "</tbody><tfoot><tr><th>total</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>100</th><th></th>",
         si(bits_per_second(r.total.bytes, view)),
         r.total.bytes,
         r.total.packets,

@@ -390,6 +390,7 @@ fn files_rotate_nest_by_date_and_keep_to_their_caps() {
         limit: 0,
         direction: flowstage::collector::batch::Direction::In,
         threads: 2,
+        interfaces: None,
     };
     let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
     let (result, stats) = archive::query::run(&paths, &options, &Default::default()).unwrap();

@@ -407,7 +407,14 @@ fn numbers_and_authorization_matrix() {
         "{by_exporter:?}"
     );
 
-    let (_web, port, _dir) = start("[web]\ntls = \"off\"\n", &url);
+    // The web daemon reads the collector's archive for drill-down to raw flows.
+    let (_web, port, _dir) = start(
+        &format!(
+            "[web]\ntls = \"off\"\n\n[collector]\ndata_dir = \"{}\"\n",
+            data.path().display()
+        ),
+        &url,
+    );
     let base = format!("http://127.0.0.1:{port}");
     add_user(&url, "boss", "admin", "admin password 1");
     add_user(&url, "cust", "viewer", "viewer password 1");
@@ -556,6 +563,74 @@ fn numbers_and_authorization_matrix() {
         csv.body
     );
 
+    // Drill-down to raw flows: a report row's flows are exactly its numbers, and a
+    // viewer's flows are only the granted exporter's.
+    let ports = expected_rows(&expected, "dst-port");
+    let (port_key, port_sums) = ports.iter().max_by_key(|(_, t)| t.2).unwrap();
+    let v = get(
+        &format!("{base}/api/v1/flows?by=dst-port&key={port_key}&limit=1000&{period}"),
+        Some(&admin),
+    )
+    .json();
+    let listed = v["flows"].as_array().unwrap();
+    assert_eq!(v["matched"].as_u64().unwrap(), listed.len() as u64);
+    let sum = |k: &str| listed.iter().map(|f| f[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(
+        (sum("bytes"), sum("packets"), sum("flows")),
+        *port_sums,
+        "flows of dst port {port_key}"
+    );
+    assert!(listed
+        .iter()
+        .all(|f| f["dst_port"].as_u64().unwrap().to_string() == *port_key));
+    for (cookie, bearer) in [(Some(viewer.as_str()), None), (None, Some(token.as_str()))] {
+        let mine = request(
+            "GET",
+            &format!("{base}/api/v1/flows?limit=1000&{period}"),
+            cookie,
+            None,
+            bearer,
+        )
+        .json();
+        assert_eq!(
+            mine["matched"].as_u64().unwrap(),
+            by_exporter[granted].2,
+            "{mine}"
+        );
+        assert!(mine["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["exporter"] == granted));
+        let theirs = request(
+            "GET",
+            &format!("{base}/api/v1/flows?by=exporter&key={hidden}&{period}"),
+            cookie,
+            None,
+            bearer,
+        )
+        .json();
+        assert_eq!(theirs["matched"], 0, "{theirs}");
+    }
+    let page = get(&format!("{base}/report?by=dst-port&{period}"), Some(&admin));
+    assert!(
+        page.body.contains("/flows?by=dst-port&amp;from=")
+            && page.body.contains(&format!("key={port_key}")),
+        "no flows links"
+    );
+    let flows_page = get(
+        &format!("{base}/flows?by=dst-port&key={port_key}&{period}"),
+        Some(&admin),
+    );
+    assert_eq!(flows_page.status, 200);
+    assert!(
+        flows_page
+            .body
+            .contains(&format!("{} flows matched", port_sums.2)),
+        "{}",
+        flows_page.body
+    );
+
     // The matrix: every page and endpoint, scoped to the hidden exporter, for the
     // viewer (session and token): 404 and no data; for the admin: 200.
     let scoped = [
@@ -564,8 +639,10 @@ fn numbers_and_authorization_matrix() {
         "/graph.svg",
         "/graph.png",
         "/interface",
+        "/flows",
         "/api/v1/report",
         "/api/v1/series",
+        "/api/v1/flows",
     ];
     for path in scoped {
         let url_hidden = format!("{base}{path}?exporter={hidden}&interface=1&by=dst-port&{period}");
@@ -640,9 +717,11 @@ fn numbers_and_authorization_matrix() {
         "/report",
         "/report.csv",
         "/graph.svg",
+        "/flows",
         "/api/v1/report",
         "/api/v1/series",
         "/api/v1/interfaces",
+        "/api/v1/flows",
     ] {
         for q in garbage {
             let r = get(&format!("{base}{path}?{q}"), Some(&admin));
@@ -669,6 +748,8 @@ fn numbers_and_authorization_matrix() {
         "unit",
         "rank",
         "points",
+        "key",
+        "limit",
         "x",
     ];
     let alphabet: Vec<char> = "abcz09-_:.+/%&=?#' \"<>;\\éß\u{0}\u{7f}\u{2028}€dhmsw"
@@ -683,6 +764,8 @@ fn numbers_and_authorization_matrix() {
         "/api/v1/series",
         "/api/v1/interfaces",
         "/api/v1/exporters",
+        "/api/v1/flows",
+        "/flows",
         "/admin/users",
         "/admin/audit",
     ];
@@ -773,6 +856,7 @@ fn numbers_and_authorization_matrix() {
         "/api/v1/series",
         "/api/v1/exporters",
         "/api/v1/interfaces",
+        "/api/v1/flows",
     ] {
         assert!(
             doc["paths"][p]["get"].is_object(),

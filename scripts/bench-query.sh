@@ -2,7 +2,7 @@
 # Archive scan speed of `flowstage-collector query` against `nfdump -R` over the same
 # flows, in one run on one machine. The generator sends FLOWS flows (IPFIX, over
 # loopback, at RATE flows/s) once to nfcapd and once to a Flowstage collector; both
-# write their files (nfcapd: LZ4, its default; Flowstage: Parquet + zstd). Then, from
+# write their files (nfcapd with LZ4, `-y`; Flowstage: Parquet + zstd). Then, from
 # the page cache, each tool answers the same two questions RUNS times:
 #   top 10 destination ports by bytes   nfdump -s dstport/bytes -n 10 | query --by dst-port --top 10
 #   top 10 source addresses by bytes    nfdump -s srcip/bytes -n 10   | query --by src-ip --top 10
@@ -44,7 +44,7 @@ url="postgresql:///postgres?host=$work&port=$port&user=postgres"
 udp=$((40000 + RANDOM % 10000))
 echo "# sending $FLOWS flows to nfcapd and to flowstage-collector" >&2
 mkdir -p "$work/nfcapd"
-nfcapd -w "$work/nfcapd" -p "$udp" -b 127.0.0.1 -B 33554432 >/dev/null 2>&1 &
+nfcapd -y -w "$work/nfcapd" -p "$udp" -b 127.0.0.1 -B 33554432 >/dev/null 2>&1 &
 nfcapd=$!
 sleep 1
 "$bin" gen --target "127.0.0.1:$udp" --protocol ipfix --flows "$FLOWS" --rate "$RATE" --exporters 4 --seed 9 >/dev/null 2>&1

@@ -243,13 +243,26 @@ fn matches(f: &Compiled, b: &Block, i: usize) -> bool {
     }
 }
 
+/// Partitions of the address maps (see [`Sums::addrs`]).
+const PARTS: usize = 64;
+
+fn partition(k: u128) -> usize {
+    let mixed = ((k >> 64) as u64 ^ k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 58) as usize
+}
+
 /// Sums per key, merged across threads.
 #[derive(Default)]
 struct Sums {
     total: [u64; 3],
     ports: Vec<[u64; 3]>,
     small: FxHashMap<u64, [u64; 3]>,
-    addrs: FxHashMap<[u8; 16], [u64; 3]>,
+    /// Address keys, in [`PARTS`] partitions by hash: each row group's rows are first
+    /// appended to `pending`, then summed one partition at a time, so the map being
+    /// updated is a small one that stays in cache (a million distinct addresses do
+    /// not fit).
+    addrs: Vec<FxHashMap<u128, [u64; 3]>>,
+    pending: Vec<Vec<(u128, [u64; 3])>>,
     pairs: FxHashMap<([u8; 16], u32), [u64; 3]>,
     listed: Vec<FlowRow>,
     matched: u64,
@@ -274,8 +287,21 @@ impl Sums {
         for (k, v) in o.small {
             add(self.small.entry(k).or_default(), v[0], v[1], v[2]);
         }
-        for (k, v) in o.addrs {
-            add(self.addrs.entry(k).or_default(), v[0], v[1], v[2]);
+        if self.addrs.is_empty() {
+            self.addrs = o.addrs;
+        } else {
+            for (mine, theirs) in self.addrs.iter_mut().zip(o.addrs) {
+                if mine.len() < theirs.len() {
+                    let smaller = std::mem::replace(mine, theirs);
+                    for (k, v) in smaller {
+                        add(mine.entry(k).or_default(), v[0], v[1], v[2]);
+                    }
+                } else {
+                    for (k, v) in theirs {
+                        add(mine.entry(k).or_default(), v[0], v[1], v[2]);
+                    }
+                }
+            }
         }
         for (k, v) in o.pairs {
             add(self.pairs.entry(k).or_default(), v[0], v[1], v[2]);
@@ -396,6 +422,10 @@ impl Scan<'_> {
             }
         }
         let ends = std::mem::take(&mut block.int64[col::END_MS]);
+        if sums.addrs.is_empty() {
+            sums.addrs = vec![FxHashMap::default(); PARTS];
+            sums.pending = vec![Vec::new(); PARTS];
+        }
         let all = matches!(self.filter, Compiled::All);
         let by = self.options.by;
         let key_if = if self.options.direction == Direction::In {
@@ -475,7 +505,8 @@ impl Scan<'_> {
                     if raw.len() == 16 {
                         k.copy_from_slice(raw);
                     }
-                    add(sums.addrs.entry(k).or_default(), b, p, f);
+                    let k = u128::from_be_bytes(k);
+                    sums.pending[partition(k)].push((k, [b, p, f]));
                 }
                 Some(ReportBy::Interface) => {
                     let mut k = [0u8; 16];
@@ -490,6 +521,11 @@ impl Scan<'_> {
                         f,
                     );
                 }
+            }
+        }
+        for (map, pending) in sums.addrs.iter_mut().zip(sums.pending.iter_mut()) {
+            for (k, v) in pending.drain(..) {
+                add(map.entry(k).or_default(), v[0], v[1], v[2]);
             }
         }
         Ok(n as u64)
@@ -701,23 +737,59 @@ pub fn run(
             .iter()
             .map(|(k, t)| (k.to_string(), *t))
             .collect(),
-        ReportBy::SrcIp | ReportBy::DstIp => sums
+        ReportBy::SrcIp | ReportBy::DstIp => {
+            // A million addresses are not all turned into text: the top N (with any
+            // ties at the cut) are chosen on the numbers first.
+            let mut all: Vec<(u128, [u64; 3])> =
+                sums.addrs.iter().flatten().map(|(k, t)| (*k, *t)).collect();
+            let mut rest = [0u64; 3];
+            if all.len() > options.top {
+                all.select_nth_unstable_by(options.top - 1, |a, b| b.1[0].cmp(&a.1[0]));
+                let cut = all[options.top - 1].1[0];
+                let (head, tail) = all.split_at(options.top);
+                let mut kept = head.to_vec();
+                for (k, t) in tail {
+                    if t[0] == cut {
+                        kept.push((*k, *t));
+                    } else {
+                        add(&mut rest, t[0], t[1], t[2]);
+                    }
+                }
+                all = kept;
+            }
+            let mut keyed: Vec<(String, [u64; 3])> = all
+                .iter()
+                .map(|(k, t)| (super::bytes_addr(&k.to_be_bytes()).to_string(), *t))
+                .collect();
+            if rest != [0; 3] {
+                // Summed below into "other" with the rows past the top N.
+                keyed.push((String::new(), rest));
+            }
+            keyed
+        }
+        ReportBy::Exporter => sums
             .addrs
             .iter()
-            .map(|(k, t)| (super::bytes_addr(k).to_string(), *t))
+            .flatten()
+            .map(|(k, t)| (name_of(&k.to_be_bytes()), *t))
             .collect(),
-        ReportBy::Exporter => sums.addrs.iter().map(|(k, t)| (name_of(k), *t)).collect(),
         ReportBy::Interface => sums
             .pairs
             .iter()
             .map(|((e, i), t)| (format!("{}:{i}", name_of(e)), *t))
             .collect(),
     };
-    keyed.sort_by(|a, b| b.1[0].cmp(&a.1[0]).then_with(|| a.0.cmp(&b.0)));
+    // The pre-summed rest of a long address list (empty key) sorts last.
+    keyed.sort_by(|a, b| {
+        a.0.is_empty()
+            .cmp(&b.0.is_empty())
+            .then(b.1[0].cmp(&a.1[0]))
+            .then_with(|| a.0.cmp(&b.0))
+    });
     let mut rows = Vec::new();
     let mut other = [0u64; 3];
     for (i, (key, t)) in keyed.into_iter().enumerate() {
-        if i < options.top {
+        if i < options.top && !key.is_empty() {
             rows.push(ReportRow {
                 key,
                 bytes: t[0],

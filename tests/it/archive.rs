@@ -132,6 +132,32 @@ fn generated_traffic_comes_back_exactly_from_query_and_duckdb() {
             "rows of {by}"
         );
     }
+    // Addresses (the generator does not count them): every source's sums as the
+    // listed flows add up, and a top 5: the five largest, the rest in "other".
+    let listed = query(dir.path(), &["--limit", "1000000"]);
+    let mut per_source: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+    for f in listed["flows"].as_array().unwrap() {
+        let t = per_source
+            .entry(f["src_addr"].as_str().unwrap().to_string())
+            .or_default();
+        t.0 += f["bytes"].as_u64().unwrap();
+        t.1 += f["packets"].as_u64().unwrap();
+        t.2 += f["flows"].as_u64().unwrap();
+    }
+    let v = query(dir.path(), &["--by", "src-ip", "--top", "1000000"]);
+    assert_eq!(support::report_rows(&v), per_source);
+    let mut want: Vec<(String, (u64, u64, u64))> = per_source.into_iter().collect();
+    want.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+    let v = query(dir.path(), &["--by", "src-ip", "--top", "5"]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    for (row, (key, t)) in rows.iter().take(5).zip(&want) {
+        assert_eq!(row["key"].as_str().unwrap(), key);
+        assert_eq!(row["bytes"].as_u64().unwrap(), t.0);
+    }
+    let other: u64 = want[5..].iter().map(|(_, t)| t.0).sum();
+    assert_eq!(rows[5]["key"], "other");
+    assert_eq!(rows[5]["bytes"].as_u64().unwrap(), other);
     // Size: the target is at most 20 bytes per flow (nfdump with LZ4: about 30).
     let size: u64 = files
         .iter()

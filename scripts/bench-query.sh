@@ -21,25 +21,19 @@ cd "$(dirname "$0")/.."
 FLOWS=${FLOWS:-6000000}
 RATE=${RATE:-400000}
 RUNS=${RUNS:-5}
-PG=/usr/lib/postgresql/15/bin
 
 cargo build --release --locked --bin flowstage-collector >&2
 bin=target/release/flowstage-collector
 work=$(mktemp -d /tmp/flowstage-querybench-XXXXXX)
-chmod 755 "$work"
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- sh -c "$1"; else sh -c "$1"; fi; }
+. scripts/throwaway-pg.sh
 cleanup() {
     [ -n "${nfcapd:-}" ] && kill "$nfcapd" 2>/dev/null || true
     [ -n "${collector:-}" ] && kill "$collector" 2>/dev/null || true
-    as_pg "$PG/pg_ctl -D $work/pg -m fast stop" >/dev/null 2>&1 || true
+    pg_stop
     rm -rf "$work"
 }
 trap cleanup EXIT
-[ "$(id -u)" -ne 0 ] || chown postgres "$work"
-port=$((20000 + RANDOM % 20000))
-as_pg "$PG/initdb -D $work/pg -U postgres --auth=trust --no-sync >/dev/null"
-as_pg "$PG/pg_ctl -D $work/pg -l $work/pg.log -o \"-k $work -p $port -c listen_addresses='' -c fsync=off\" start >/dev/null"
-url="postgresql:///postgres?host=$work&port=$port&user=postgres"
+pg_start
 
 udp=$((40000 + RANDOM % 10000))
 echo "# sending $FLOWS flows to nfcapd and to flowstage-collector" >&2

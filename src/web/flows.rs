@@ -222,10 +222,11 @@ pub async fn page(
     };
     let _ = write!(
         body,
-        "<h1>Flows: {}</h1><p>{} to {} UTC; {matched} flows matched, {} shown. <a href=\"{}\">back to the report</a></p>",
+        "<h1>Flows: {}</h1><p>{} to {} {}; {matched} flows matched, {} shown. <a href=\"{}\">back to the report</a></p>",
         esc(&what),
-        view.from.format("%Y-%m-%d %H:%M"),
-        view.to.format("%Y-%m-%d %H:%M"),
+        state.calendar.show(view.from),
+        state.calendar.show(view.to),
+        state.calendar.zone_name(),
         rows.len(),
         esc(&view.link("/report", |_| {}))
     );

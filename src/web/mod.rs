@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod calendar;
 pub mod flows;
 pub mod pages;
 pub mod svg;
@@ -61,6 +62,9 @@ pub struct AppState {
     pub collector_metrics: Option<SocketAddr>,
     /// Cookies carry `Secure` when served over TLS.
     pub secure_cookies: bool,
+    /// The display time zone and week start (`[history]`) of the navigator and of
+    /// the times shown.
+    pub calendar: calendar::Calendar,
     /// The collector's flow archive, for drill-down to raw flows (None when off).
     pub archive_root: Option<std::path::PathBuf>,
     pub archive_window_secs: i64,
@@ -345,6 +349,7 @@ pub fn web_main(cli: WebCli) -> anyhow::Result<()> {
             .archive
             .then(|| crate::archive::root(&config.collector.data_dir)),
         archive_window_secs: i64::try_from(config.collector.archive_rotate_secs).unwrap_or(300),
+        calendar: calendar::Calendar::new(&config.history.timezone, config.history.week_start),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let rt = tokio::runtime::Builder::new_multi_thread()

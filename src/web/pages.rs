@@ -12,8 +12,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::auth::{self, Identity};
+use super::calendar::Period;
 use super::svg::{escape, si};
-use super::view::{View, ViewParams, ZOOMS};
+use super::view::{View, ViewParams};
 use super::{restriction, AppState, PageUser, WebError};
 use crate::report::{self, ReportBy};
 
@@ -375,11 +376,12 @@ pub async fn report(
     };
     let _ = write!(
         body,
-        "<h1>{} by {}</h1><p>{} to {} UTC, {} direction</p>",
+        "<h1>{} by {}</h1><p>{} to {} {}, {} direction</p>",
         escape(&scope),
         view.by.as_str(),
-        view.from.format("%Y-%m-%d %H:%M"),
-        view.to.format("%Y-%m-%d %H:%M"),
+        state.calendar.show(view.from),
+        state.calendar.show(view.to),
+        state.calendar.zone_name(),
         if view.direction == crate::collector::batch::Direction::Out {
             "out"
         } else {
@@ -390,14 +392,15 @@ pub async fn report(
     let _ = write!(
         body,
         "<a href=\"{}\">◀ previous</a><a href=\"{}\">next ▶</a>",
-        escape(&view.shifted("/report", false)),
-        escape(&view.shifted("/report", true))
+        escape(&view.shifted("/report", false, &state.calendar)),
+        escape(&view.shifted("/report", true, &state.calendar))
     );
-    for (name, secs) in ZOOMS {
+    for period in Period::ALL {
         let _ = write!(
             body,
-            "<a href=\"{}\">{name}</a>",
-            escape(&view.zoomed("/report", secs))
+            "<a href=\"{}\">{}</a>",
+            escape(&view.zoomed("/report", period, &state.calendar)),
+            period.name()
         );
     }
     for by in [
@@ -616,19 +619,21 @@ pub async fn interface_page(
     super::check_scope(&client, &who, Some(&exporter), Some(&interface)).await?;
     view.top = 5;
     let mut body = format!(
-        "<h1>{} interface {}</h1><p>{} to {} UTC</p><p class=\"nav\"><a href=\"{}\">◀ previous</a><a href=\"{}\">next ▶</a>",
+        "<h1>{} interface {}</h1><p>{} to {} {}</p><p class=\"nav\"><a href=\"{}\">◀ previous</a><a href=\"{}\">next ▶</a>",
         escape(&exporter),
         escape(&interface),
-        view.from.format("%Y-%m-%d %H:%M"),
-        view.to.format("%Y-%m-%d %H:%M"),
-        escape(&view.shifted("/interface", false)),
-        escape(&view.shifted("/interface", true)),
+        state.calendar.show(view.from),
+        state.calendar.show(view.to),
+        state.calendar.zone_name(),
+        escape(&view.shifted("/interface", false, &state.calendar)),
+        escape(&view.shifted("/interface", true, &state.calendar)),
     );
-    for (name, secs) in ZOOMS {
+    for period in Period::ALL {
         let _ = write!(
             body,
-            "<a href=\"{}\">{name}</a>",
-            escape(&view.zoomed("/interface", secs))
+            "<a href=\"{}\">{}</a>",
+            escape(&view.zoomed("/interface", period, &state.calendar)),
+            period.name()
         );
     }
     body.push_str("</p>");

@@ -7,6 +7,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use clap::ValueEnum;
 use serde::Deserialize;
 
+use super::calendar::{Calendar, Period};
 use crate::collector::batch::Direction;
 use crate::report::{ReportBy, ReportQuery};
 
@@ -41,15 +42,6 @@ pub struct View {
     pub unit: crate::report::Measure,
     pub rank: crate::report::Rank,
 }
-
-/// Periods of the zoom links.
-pub const ZOOMS: [(&str, i64); 5] = [
-    ("hour", 3600),
-    ("day", 86_400),
-    ("week", 7 * 86_400),
-    ("month", 30 * 86_400),
-    ("year", 365 * 86_400),
-];
 
 impl View {
     pub fn parse(p: &ViewParams, now: DateTime<Utc>) -> Result<View, String> {
@@ -181,8 +173,16 @@ impl View {
         format!("{path}?{}", qs.join("&"))
     }
 
-    /// Previous and next period of the same length.
-    pub fn shifted(&self, path: &str, forward: bool) -> String {
+    /// The previous or next period: the adjacent calendar period when this view is one
+    /// (a month steps to the month before), else the period of the same length.
+    pub fn shifted(&self, path: &str, forward: bool, calendar: &Calendar) -> String {
+        if let Some(period) = calendar.exact(self.from, self.to) {
+            let n = if forward { 1 } else { -1 };
+            return self.link(path, |v| {
+                v.from = calendar.add(period, v.from, n);
+                v.to = calendar.add(period, v.from, 1);
+            });
+        }
         let span = self.to - self.from;
         self.link(path, |v| {
             let moved = if forward {
@@ -201,12 +201,12 @@ impl View {
         })
     }
 
-    /// A period of `secs` ending where this one ends.
-    pub fn zoomed(&self, path: &str, secs: i64) -> String {
+    /// The calendar period (hour, day, week, month, year in the display time zone)
+    /// holding the end of this view: whole rolled-up buckets, shareable as a link.
+    pub fn zoomed(&self, path: &str, period: Period, calendar: &Calendar) -> String {
         self.link(path, |v| {
-            if let Some(from) = v.to.checked_sub_signed(TimeDelta::seconds(secs)) {
-                v.from = from;
-            }
+            let last = v.to - TimeDelta::milliseconds(1);
+            (v.from, v.to) = calendar.period_of(period, last);
         })
     }
 }
@@ -280,7 +280,26 @@ mod tests {
         }
         let v = View::parse(&ViewParams::default(), now).unwrap();
         assert_eq!((v.by, v.top), (ReportBy::Total, 10));
-        let next = v.shifted("/report", true);
+        let calendar = Calendar::default();
+        let next = v.shifted("/report", true, &calendar);
         assert!(next.starts_with("/report?by=total&from="), "{next}");
+        // A calendar view steps by calendar periods: November, then December.
+        let november = View::parse(
+            &ViewParams {
+                from: Some("2026-11-01".into()),
+                to: Some("2026-12-01".into()),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            november.shifted("/r", true, &calendar),
+            "/r?by=total&from=2026-12-01T00:00:00Z&to=2027-01-01T00:00:00Z&top=10"
+        );
+        assert_eq!(
+            november.zoomed("/r", Period::Week, &calendar),
+            "/r?by=total&from=2026-11-30T00:00:00Z&to=2026-12-07T00:00:00Z&top=10"
+        );
     }
 }

@@ -12,6 +12,7 @@
 #
 #   bash scripts/bench-web.sh                           # 50 × 20 interfaces, 30 days
 #   DAYS=2 RUNS=5 bash scripts/bench-web.sh             # quick
+#   KEEP=1 DAYS=8 bash scripts/bench-web.sh             # keep the database for EXPLAIN
 #
 # Needs PostgreSQL 15 server binaries and curl. Only loopback is used; it stops by
 # itself and removes everything it made.
@@ -30,6 +31,10 @@ work=$(mktemp -d /tmp/flowstage-webbench-XXXXXX)
 chmod 755 "$work"
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- sh -c "$1"; else sh -c "$1"; fi; }
 cleanup() {
+    if [ -n "${KEEP:-}" ]; then
+        echo "# KEEP: the database stays up at $url until $work/done exists" >&2
+        while [ ! -e "$work/done" ]; do sleep 1; done
+    fi
     [ -n "${web:-}" ] && kill "$web" 2>/dev/null || true
     as_pg "$PG/pg_ctl -D $work/pg -m fast stop" >/dev/null 2>&1 || true
     rm -rf "$work"

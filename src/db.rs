@@ -49,9 +49,11 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
             tracing::debug!("database connection closed: {e}");
         }
     });
-    // Notices such as "already exists, skipping" are not news.
+    // Notices such as "already exists, skipping" are not news. JIT compilation costs
+    // tens of milliseconds on report queries that run in a hundred (measured: a 7-day
+    // IP report took 166 ms with it, 100 without) and buys nothing on our short scans.
     client
-        .batch_execute("SET client_min_messages = warning")
+        .batch_execute("SET client_min_messages = warning; SET jit = off")
         .await?;
     Ok(client)
 }

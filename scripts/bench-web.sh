@@ -80,14 +80,15 @@ INSERT INTO flow_port SELECT minute, exporter_id, ifindex, direction, s, (k * 97
 CREATE TEMP TABLE hours AS
   SELECT (SELECT hour FROM edge) - h * interval '1 hour' AS bucket, i.exporter_id, i.ifindex, d AS direction
   FROM generate_series(1, $DAYS * 24) h, interfaces i, generate_series(0, 1) d;
-INSERT INTO flow_totals_hour SELECT bucket, exporter_id, ifindex, direction, 1, 90000000, 72000, 2400 FROM hours;
-INSERT INTO flow_proto_hour SELECT bucket, exporter_id, ifindex, direction, p, 30000000, 24000, 800 FROM hours, (VALUES (6), (17), (1)) v(p);
+-- In the order rollups write them: one direction (and side) together.
+INSERT INTO flow_totals_hour SELECT bucket, exporter_id, ifindex, direction, 1, 90000000, 72000, 2400 FROM hours ORDER BY 4, 1;
+INSERT INTO flow_proto_hour SELECT bucket, exporter_id, ifindex, direction, p, 30000000, 24000, 800 FROM hours, (VALUES (6), (17), (1)) v(p) ORDER BY 4, 1;
 INSERT INTO flow_as_hour SELECT bucket, exporter_id, ifindex, direction, s, 64500 + (k * 7 + ifindex) % 200, 90000000 / $KEYS, 72000 / $KEYS, 2400 / $KEYS
-  FROM hours, generate_series(0, 1) s, generate_series(1, $KEYS) k;
+  FROM hours, generate_series(0, 1) s, generate_series(1, $KEYS) k ORDER BY 4, 5, 1;
 INSERT INTO flow_ip_hour SELECT bucket, exporter_id, ifindex, direction, s, ('192.0.' || ((k * 31 + ifindex + exporter_id) % 256) || '.' || k)::inet, 90000000 / $KEYS, 72000 / $KEYS, 2400 / $KEYS
-  FROM hours, generate_series(0, 1) s, generate_series(1, $KEYS) k;
+  FROM hours, generate_series(0, 1) s, generate_series(1, $KEYS) k ORDER BY 4, 5, 1;
 INSERT INTO flow_port_hour SELECT bucket, exporter_id, ifindex, direction, s, (k * 97 + ifindex) % 65536, 90000000 / $KEYS, 72000 / $KEYS, 2400 / $KEYS
-  FROM hours, generate_series(0, 1) s, generate_series(1, $KEYS) k;
+  FROM hours, generate_series(0, 1) s, generate_series(1, $KEYS) k ORDER BY 4, 5, 1;
 -- The loaded hours count as rolled up, as if the timer had run all month.
 UPDATE rollup_levels SET done_from = (SELECT hour FROM edge) - interval '$DAYS days', done_to = (SELECT hour FROM edge)
   WHERE level = 'hour';

@@ -183,6 +183,11 @@ BEGIN
                 (p + ('1 ' || unit)::interval) AT TIME ZONE 'UTC');
             EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I (bucket, exporter_id, ifindex)',
                 part || '_idx', part);
+            -- Reports over every interface ask for one direction (and side): this index
+            -- reads just those rows, which rollups write next to each other.
+            EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I (direction, %s bucket)',
+                part || '_dir_idx', part,
+                CASE WHEN kind IN ('flow_as', 'flow_ip', 'flow_port') THEN 'side,' ELSE '' END);
         END LOOP;
         p := p + ('1 ' || unit)::interval;
     END LOOP;

@@ -430,12 +430,19 @@ fn rollup_insert(level: Level, kind: Kind) -> String {
         level.as_str()
     );
     let (group, key) = kind.rollup_shape();
+    // Rows of one direction (and side) together on disk, for the direction index.
+    let order = if group.contains("side") {
+        "direction, side, bucket"
+    } else {
+        "direction, bucket"
+    };
     match key {
         None => format!(
             "INSERT INTO {target} (bucket, {group}, bytes, packets, flows)
-             SELECT {bucket}, {group}, sum(bytes), sum(packets), sum(flows)
+             SELECT {bucket} AS bucket, {group}, sum(bytes), sum(packets), sum(flows)
              FROM {src_table} WHERE {src_time} >= $1 AND {src_time} < $2
-             GROUP BY 1, {group}"
+             GROUP BY 1, {group}
+             ORDER BY {order}"
         ),
         Some(key) => format!(
             "INSERT INTO {target} (bucket, {group}, {key}, bytes, packets, flows)
@@ -451,7 +458,8 @@ fn rollup_insert(level: Level, kind: Kind) -> String {
                      GROUP BY 1, {group}, {key}
                  ) g
              ) r
-             GROUP BY bucket, {group}, kept"
+             GROUP BY bucket, {group}, kept
+             ORDER BY {order}"
         ),
     }
 }

@@ -8,6 +8,7 @@ pub mod files;
 pub mod host;
 pub mod preflight;
 pub mod render;
+pub mod routers;
 pub mod secrets;
 pub mod status;
 pub mod steps;
@@ -67,6 +68,29 @@ pub enum SetupCommand {
     /// Web users, roles and grants.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Routers: exporter names and interface descriptions.
+    #[command(subcommand)]
+    Routers(RoutersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoutersCommand {
+    /// Import Stager-style exporters.cfg (ADDRESS NAME) and routers.cfg (ROUTER IFINDEX
+    /// DESCRIPTION) into the database; idempotent. Formats: docs/routers.md.
+    Import {
+        /// Default /etc/flowstage/exporters.cfg when it exists.
+        #[arg(long)]
+        exporters: Option<PathBuf>,
+        /// Default /etc/flowstage/routers.cfg when it exists.
+        #[arg(long)]
+        routers: Option<PathBuf>,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// List every change (a readable diff), not only the counts.
+        #[arg(short, long)]
+        verbose: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -329,6 +353,14 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             users_command(&config.database_url, cmd)?;
             Ok(0)
         }
+        SetupCommand::Routers(cmd) => {
+            let mut config = load_config_or_default(&config_path)?;
+            config.resolve_password()?;
+            if let Some(url) = &cli.database {
+                config.database_url = url.clone();
+            }
+            routers_command(&config.database_url, cmd)
+        }
         SetupCommand::Uninstall(args) => {
             if !args.yes {
                 if !std::io::stdin().is_terminal() {
@@ -355,6 +387,72 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn routers_command(database_url: &str, cmd: RoutersCommand) -> anyhow::Result<u8> {
+    let RoutersCommand::Import {
+        exporters,
+        routers: routers_path,
+        dry_run,
+        verbose,
+    } = cmd;
+    let pick = |given: Option<PathBuf>, default: &str| {
+        given.or_else(|| Some(PathBuf::from(default)).filter(|p| p.exists()))
+    };
+    let exporters_path = pick(exporters, "/etc/flowstage/exporters.cfg");
+    let routers_path = pick(routers_path, "/etc/flowstage/routers.cfg");
+    anyhow::ensure!(
+        exporters_path.is_some() || routers_path.is_some(),
+        "nothing to import: give --exporters FILE and/or --routers FILE"
+    );
+    let mut errors = Vec::new();
+    let exporters = match &exporters_path {
+        Some(p) => routers::parse_exporters(&routers::read(p)?, &p.display().to_string())
+            .unwrap_or_else(|e| {
+                errors.extend(e);
+                Vec::new()
+            }),
+        None => Vec::new(),
+    };
+    let routers_name = routers_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let interfaces = match &routers_path {
+        Some(p) => routers::parse_routers(&routers::read(p)?, &routers_name).unwrap_or_else(|e| {
+            errors.extend(e);
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    let actor = crate::users::cli_actor();
+    steps::runtime()?.block_on(async {
+        let mut client = crate::db::connect(database_url).await?;
+        crate::db::migrate(&mut client).await?;
+        let changes = if errors.is_empty() {
+            match routers::plan(&client, &exporters, &interfaces, &routers_name).await? {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.extend(e);
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("nothing imported: {} line(s) to fix", errors.len());
+            return Ok(2);
+        }
+        if !dry_run {
+            routers::apply(&mut client, &changes, &actor).await?;
+        }
+        print!("{}", routers::describe(&changes, verbose, dry_run));
+        Ok(0)
+    })
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {

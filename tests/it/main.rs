@@ -14,6 +14,7 @@ mod install;
 mod peers;
 mod resilience;
 mod rollup;
+mod routers;
 mod setup;
 mod users;
 mod web;

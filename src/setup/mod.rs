@@ -430,7 +430,12 @@ fn routers_command(database_url: &str, cmd: RoutersCommand) -> anyhow::Result<u8
         let mut client = crate::db::connect(database_url).await?;
         crate::db::migrate(&mut client).await?;
         let changes = if errors.is_empty() {
-            match routers::plan(&client, &exporters, &interfaces, &routers_name).await? {
+            let exporters_name = exporters_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let files = (exporters_name.as_str(), routers_name.as_str());
+            match routers::plan(&client, &exporters, &interfaces, files).await? {
                 Ok(c) => c,
                 Err(e) => {
                     errors.extend(e);

@@ -209,8 +209,9 @@ pub async fn plan(
     client: &Client,
     exporters: &[ExporterLine],
     interfaces: &[InterfaceLine],
-    routers_file: &str,
+    files: (&str, &str),
 ) -> anyhow::Result<Result<Vec<Change>, Vec<LineError>>> {
+    let (exporters_file, routers_file) = files;
     let known: Vec<(IpAddr, Option<String>)> = client
         .query("SELECT address, name FROM exporters", &[])
         .await?
@@ -218,7 +219,25 @@ pub async fn plan(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut changes = Vec::new();
+    let mut errors = Vec::new();
     for e in exporters {
+        // A name is one router's: another registered exporter keeping it would make
+        // reports and grants ambiguous.
+        if let Some((other, _)) = known.iter().find(|(a, n)| {
+            *a != e.address
+                && n.as_deref() == Some(e.name.as_str())
+                && !exporters.iter().any(|x| x.address == *a)
+        }) {
+            errors.push(LineError {
+                file: exporters_file.to_string(),
+                line: e.line,
+                message: format!(
+                    "the name {:?} is already {other}'s; rename that one in the file too",
+                    e.name
+                ),
+            });
+            continue;
+        }
         match known.iter().find(|(a, _)| *a == e.address) {
             None => changes.push(Change::AddExporter {
                 address: e.address,
@@ -234,7 +253,6 @@ pub async fn plan(
             Some(_) => {}
         }
     }
-    let mut errors = Vec::new();
     for i in interfaces {
         let address = exporters
             .iter()

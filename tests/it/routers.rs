@@ -154,6 +154,7 @@ fn malformed_lines_are_named_and_nothing_is_applied() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     let r = routers.display();
+    let e = exporters.display();
     for want in [
         format!("{r}:2: \"x\" is not an ifIndex"),
         format!("{r}:3: rtr-a 2: the description is missing"),
@@ -176,5 +177,19 @@ fn malformed_lines_are_named_and_nothing_is_applied() {
         tables(pg, &db),
         (String::new(), String::new()),
         "nothing was applied"
+    );
+    // A name another registered exporter already has.
+    pg.psql(
+        &db,
+        "INSERT INTO exporters (address, name) VALUES ('192.0.2.9', 'rtr-a')",
+    );
+    std::fs::write(&routers, "rtr-a 1 uplink\n").unwrap();
+    let o = import(&url, &exporters, &routers, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("{e}:1: the name \"rtr-a\" is already 192.0.2.9's")),
+        "{}",
+        text(&o)
     );
 }

@@ -10,6 +10,7 @@ pub mod preflight;
 pub mod render;
 pub mod routers;
 pub mod secrets;
+pub mod snippets;
 pub mod status;
 pub mod steps;
 pub mod tls;
@@ -90,6 +91,24 @@ pub enum RoutersCommand {
         /// List every change (a readable diff), not only the counts.
         #[arg(short, long)]
         verbose: bool,
+    },
+    /// Print the router-side configuration that exports flows to this appliance.
+    Snippet {
+        #[arg(long, value_enum)]
+        vendor: snippets::Vendor,
+        #[arg(long, value_enum)]
+        version: snippets::ExportVersion,
+        /// The address routers send to. Default: collector.listen's address when it is
+        /// a specific one, else this host's first non-loopback address.
+        #[arg(long)]
+        address: Option<std::net::IpAddr>,
+        /// The UDP port. Default: collector.listen's.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Export 1 in N packets. Default: 1000 for junos and nokia-sros (inline
+        /// sampling), else 1 (every packet).
+        #[arg(long)]
+        sampling: Option<u32>,
     },
 }
 
@@ -355,6 +374,34 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
         }
         SetupCommand::Routers(cmd) => {
             let mut config = load_config_or_default(&config_path)?;
+            if let RoutersCommand::Snippet {
+                vendor,
+                version,
+                address,
+                port,
+                sampling,
+            } = cmd
+            {
+                let listen = &config.collector.listen;
+                let address = address
+                    .or_else(|| snippets::default_address(listen))
+                    .context("no address of this host to point routers at: give --address")?;
+                let port = port
+                    .or_else(|| listen.first().map(|a| a.port()))
+                    .unwrap_or(2055);
+                let sampling = sampling.unwrap_or_else(|| vendor.default_sampling());
+                return match snippets::render(vendor, version, address, port, sampling) {
+                    Ok(text) => {
+                        print!("{text}");
+                        Ok(0)
+                    }
+                    Err(e) => {
+                        eprintln!("flowstage-setup: {e}");
+                        Ok(2)
+                    }
+                };
+            }
+            // Only the import needs the database (and the password file).
             config.resolve_password()?;
             if let Some(url) = &cli.database {
                 config.database_url = url.clone();
@@ -395,7 +442,10 @@ fn routers_command(database_url: &str, cmd: RoutersCommand) -> anyhow::Result<u8
         routers: routers_path,
         dry_run,
         verbose,
-    } = cmd;
+    } = cmd
+    else {
+        anyhow::bail!("not an import");
+    };
     let pick = |given: Option<PathBuf>, default: &str| {
         given.or_else(|| Some(PathBuf::from(default)).filter(|p| p.exists()))
     };

@@ -193,3 +193,54 @@ fn malformed_lines_are_named_and_nothing_is_applied() {
         text(&o)
     );
 }
+
+#[test]
+fn snippets_for_every_vendor_point_at_the_appliance() {
+    let snippet = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flowstage-setup"))
+            .args(["--config"])
+            .arg(support::empty_config())
+            .args([
+                "routers",
+                "snippet",
+                "--address",
+                "192.0.2.10",
+                "--port",
+                "9995",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut all = String::new();
+    for (vendor, version) in [
+        ("cisco-ios", "5"),
+        ("cisco-ios", "9"),
+        ("cisco-iosxe", "ipfix"),
+        ("junos", "ipfix"),
+        ("mikrotik", "9"),
+        ("nokia-sros", "ipfix"),
+    ] {
+        let o = snippet(&["--vendor", vendor, "--version", version]);
+        assert!(o.status.success(), "{vendor} {version}: {}", text(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(out.contains("192.0.2.10") && out.contains("9995"), "{out}");
+        all.push_str(&format!("===== {vendor} --version {version}\n{out}"));
+    }
+    insta::assert_snapshot!("router_snippets", all);
+    // Sampling where asked; combinations a platform cannot do are refused.
+    let sampled = snippet(&[
+        "--vendor",
+        "mikrotik",
+        "--version",
+        "ipfix",
+        "--sampling",
+        "100",
+    ]);
+    assert!(String::from_utf8_lossy(&sampled.stdout).contains("sampling-interval=100"));
+    for (vendor, version) in [("cisco-ios", "ipfix"), ("junos", "5")] {
+        let o = snippet(&["--vendor", vendor, "--version", version]);
+        assert_eq!(o.status.code(), Some(2), "{vendor} {version}");
+        assert!(text(&o).contains("cannot export"), "{}", text(&o));
+    }
+}

@@ -304,7 +304,50 @@ async fn database_checks(ctx: &Context<'_>) -> Vec<Check> {
         Err(e) => Check::fail("newest bucket", format!("{e}")),
     });
     checks.push(rollup_check(&client).await);
+    checks.push(unnamed_exporters_check(&client).await);
     checks
+}
+
+/// Exporters registered from their flows but not named yet: the operator should add
+/// them to exporters.cfg (a warning, so the hourly mail reports a new router once).
+async fn unnamed_exporters_check(client: &tokio_postgres::Client) -> Check {
+    let rows = client
+        .query(
+            "SELECT host(address), to_char(first_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'),
+                    (SELECT count(*) FROM exporters),
+                    (SELECT count(*) FROM exporters WHERE name IS NULL)
+             FROM exporters WHERE name IS NULL ORDER BY first_seen LIMIT 10",
+            &[],
+        )
+        .await;
+    match rows {
+        Ok(rows) if rows.is_empty() => {
+            Check::ok("exporter names", "every registered exporter has a name")
+        }
+        Ok(rows) => {
+            let total: i64 = rows[0].get(2);
+            let unnamed: i64 = rows[0].get(3);
+            let listed: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} (first seen {} UTC)",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1)
+                    )
+                })
+                .collect();
+            Check::warn(
+                "exporter names",
+                format!(
+                    "{unnamed} of {total} exporters have no name: {}{}; add them to exporters.cfg and run `flowstage-setup routers import`",
+                    listed.join(", "),
+                    if unnamed > 10 { ", ..." } else { "" }
+                ),
+            )
+        }
+        Err(e) => Check::warn("exporter names", format!("{e}")),
+    }
 }
 
 /// Hours are rolled up within about an hour of their end; more behind than two hours

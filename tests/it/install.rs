@@ -170,7 +170,8 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
             .filter(|c| c["name"].as_str().unwrap().starts_with("exporter 127.0.0."))
             .count();
         if exporters == 2 {
-            assert_healthy(&v, &["time sync", "newest bucket"]);
+            // The generator's exporters have no names yet.
+            assert_healthy(&v, &["time sync", "newest bucket", "exporter names"]);
             break;
         }
         assert!(
@@ -216,7 +217,20 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
     }
     assert_eq!(stored_totals(), stored, "totals after rollup and purge");
     // The restarted collector has not heard from anyone yet; the stored data is fresh.
-    assert_healthy(&status_json(), &["time sync", "collector receiving"]);
+    // The generator's exporters are registered, without names: status says so.
+    let v = status_json();
+    assert_healthy(&v, &["time sync", "collector receiving", "exporter names"]);
+    let names = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "exporter names")
+        .unwrap();
+    assert_eq!(names["level"], "warn", "{names}");
+    assert!(
+        names["detail"].as_str().unwrap().contains("127.0.0."),
+        "{names}"
+    );
 
     // Reconfigure twice: the second changes nothing.
     let first = setup(&["reconfigure"]);

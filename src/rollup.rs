@@ -248,6 +248,28 @@ impl Settings {
         })
     }
 
+    /// The start of the bucket of `level` holding `t`.
+    async fn bucket(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        level: Level,
+        t: DateTime<Utc>,
+    ) -> anyhow::Result<DateTime<Utc>> {
+        Ok(tx
+            .query_one(
+                "SELECT flowstage_bucket($1, $2, $3, $4, $5)",
+                &[
+                    &level.as_str(),
+                    &t,
+                    &self.timezone,
+                    &i32::from(self.week_start),
+                    &self.hour_offset_secs,
+                ],
+            )
+            .await?
+            .get(0))
+    }
+
     async fn store(&self, client: &Client) -> anyhow::Result<()> {
         client
             .execute(
@@ -560,18 +582,7 @@ async fn roll_next_chunk(
             let Some(origin) = origin else {
                 return Ok(None);
             };
-            tx.query_one(
-                "SELECT flowstage_bucket($1, $2, $3, $4, $5)",
-                &[
-                    &level.as_str(),
-                    &origin,
-                    &settings.timezone,
-                    &i32::from(settings.week_start),
-                    &settings.hour_offset_secs,
-                ],
-            )
-            .await?
-            .get(0)
+            settings.bucket(&tx, level, origin).await?
         }
     };
     // The chunk ends after chunk_buckets() buckets, and never past the last complete
@@ -614,19 +625,7 @@ async fn roll_next_chunk(
     match next_data {
         None => end = end.max(last_complete),
         Some(t) if t >= end => {
-            let bucket: DateTime<Utc> = tx
-                .query_one(
-                    "SELECT flowstage_bucket($1, $2, $3, $4, $5)",
-                    &[
-                        &level.as_str(),
-                        &t,
-                        &settings.timezone,
-                        &i32::from(settings.week_start),
-                        &settings.hour_offset_secs,
-                    ],
-                )
-                .await?
-                .get(0);
+            let bucket = settings.bucket(&tx, level, t).await?;
             end = end.max(bucket.min(last_complete));
         }
         Some(_) => {}

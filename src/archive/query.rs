@@ -311,40 +311,13 @@ impl Sums {
     }
 }
 
-fn read_i64(rg: &dyn RowGroupReader, c: usize, n: usize) -> anyhow::Result<Vec<i64>> {
-    let mut r =
-        parquet::column::reader::get_typed_column_reader::<Int64Type>(rg.get_column_reader(c)?);
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        let (records, _, _) = r.read_records(n - v.len(), None, None, &mut v)?;
-        if records == 0 {
-            break;
-        }
-    }
-    Ok(v)
-}
-
-fn read_i32(rg: &dyn RowGroupReader, c: usize, n: usize) -> anyhow::Result<Vec<i32>> {
-    let mut r =
-        parquet::column::reader::get_typed_column_reader::<Int32Type>(rg.get_column_reader(c)?);
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        let (records, _, _) = r.read_records(n - v.len(), None, None, &mut v)?;
-        if records == 0 {
-            break;
-        }
-    }
-    Ok(v)
-}
-
-fn read_fixed(
+/// Every value of one column of a row group.
+fn read_column<T: parquet::data_type::DataType>(
     rg: &dyn RowGroupReader,
     c: usize,
     n: usize,
-) -> anyhow::Result<Vec<FixedLenByteArray>> {
-    let mut r = parquet::column::reader::get_typed_column_reader::<FixedLenByteArrayType>(
-        rg.get_column_reader(c)?,
-    );
+) -> anyhow::Result<Vec<T::T>> {
+    let mut r = parquet::column::reader::get_typed_column_reader::<T>(rg.get_column_reader(c)?);
     let mut v = Vec::with_capacity(n);
     while v.len() < n {
         let (records, _, _) = r.read_records(n - v.len(), None, None, &mut v)?;
@@ -414,11 +387,11 @@ impl Scan<'_> {
         let mut block = Block::new();
         for &c in &self.columns {
             if INT64_COLUMNS.contains(&c) {
-                block.int64[c] = read_i64(rg, c, n)?;
+                block.int64[c] = read_column::<Int64Type>(rg, c, n)?;
             } else if FIXED_COLUMNS.contains(&c) {
-                block.fixed[c] = read_fixed(rg, c, n)?;
+                block.fixed[c] = read_column::<FixedLenByteArrayType>(rg, c, n)?;
             } else {
-                block.int32[c] = read_i32(rg, c, n)?;
+                block.int32[c] = read_column::<Int32Type>(rg, c, n)?;
             }
         }
         let ends = std::mem::take(&mut block.int64[col::END_MS]);

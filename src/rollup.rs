@@ -548,17 +548,18 @@ async fn roll_next_chunk(
         .await?;
     let done_to: Option<DateTime<Utc>> = state.get(1);
     let source = level.source();
+    let source_state = tx
+        .query_one(
+            "SELECT done_from, done_to FROM rollup_levels WHERE level = $1",
+            &[&source.as_str()],
+        )
+        .await?;
     // Source data is complete up to `ready`: minutes up to the grace period, rollup
     // levels up to their own done_to.
     let ready: Option<DateTime<Utc>> = if source == Level::Minute {
         Some(now - chrono::Duration::seconds(grace_secs))
     } else {
-        tx.query_one(
-            "SELECT done_to FROM rollup_levels WHERE level = $1",
-            &[&source.as_str()],
-        )
-        .await?
-        .get(0)
+        source_state.get(1)
     };
     let Some(ready) = ready else {
         return Ok(None);
@@ -572,12 +573,7 @@ async fn roll_next_chunk(
                     .await?
                     .get(0)
             } else {
-                tx.query_one(
-                    "SELECT done_from FROM rollup_levels WHERE level = $1",
-                    &[&source.as_str()],
-                )
-                .await?
-                .get(0)
+                source_state.get(0)
             };
             let Some(origin) = origin else {
                 return Ok(None);

@@ -147,8 +147,8 @@ pub struct ArchiveFile {
     pub bytes: u64,
 }
 
-/// Every finished file, oldest first. Open files (dot files) are not listed.
-pub fn list(root: &Path) -> anyhow::Result<Vec<ArchiveFile>> {
+/// Every file under `root` (none when it does not exist).
+pub fn files_under(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -159,17 +159,29 @@ pub fn list(root: &Path) -> anyhow::Result<Vec<ArchiveFile>> {
         };
         for entry in entries {
             let entry = entry?;
-            let kind = entry.file_type()?;
-            let path = entry.path();
-            if kind.is_dir() {
-                stack.push(path);
-            } else if let Some(window) = window_of(&path) {
-                files.push(ArchiveFile {
-                    window,
-                    bytes: entry.metadata()?.len(),
-                    path,
-                });
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push(entry.path());
             }
+        }
+    }
+    Ok(files)
+}
+
+/// Every finished file, oldest first. Open files (dot files) are not listed.
+pub fn list(root: &Path) -> anyhow::Result<Vec<ArchiveFile>> {
+    let mut files = Vec::new();
+    for path in files_under(root)? {
+        if let Some(window) = window_of(&path) {
+            let bytes = std::fs::metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .len();
+            files.push(ArchiveFile {
+                path,
+                window,
+                bytes,
+            });
         }
     }
     files.sort_by(|a, b| a.window.cmp(&b.window).then(a.path.cmp(&b.path)));
@@ -229,54 +241,41 @@ fn open_paths(finished: &Path) -> (PathBuf, PathBuf) {
 /// block is removed. Returns the files sealed.
 pub fn recover(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut sealed = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    for path in files_under(root)? {
+        let Some(finished_name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.strip_suffix(".open"))
+        else {
+            continue;
         };
-        for entry in entries {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-                continue;
+        let finished = path.with_file_name(finished_name);
+        let (open, footer) = open_paths(&finished);
+        match std::fs::read(&footer) {
+            Ok(sidecar) if sidecar.len() > 8 => {
+                let (len, tail) = sidecar.split_at(8);
+                let mut n = [0u8; 8];
+                n.copy_from_slice(len);
+                let data_len = u64::from_le_bytes(n);
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&open)
+                    .with_context(|| format!("opening {}", open.display()))?;
+                file.set_len(data_len)?;
+                drop(file);
+                let mut file = std::fs::OpenOptions::new().append(true).open(&open)?;
+                std::io::Write::write_all(&mut file, tail)?;
+                file.sync_all()?;
+                std::fs::rename(&open, &finished)?;
+                let _ = std::fs::remove_file(&footer);
+                tracing::warn!(file = %finished.display(), "archive file left open by a crash sealed at its last complete block");
+                sealed.push(finished);
             }
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let Some(finished_name) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".open"))
-            else {
-                continue;
-            };
-            let finished = dir.join(finished_name);
-            let (open, footer) = open_paths(&finished);
-            match std::fs::read(&footer) {
-                Ok(sidecar) if sidecar.len() > 8 => {
-                    let (len, tail) = sidecar.split_at(8);
-                    let mut n = [0u8; 8];
-                    n.copy_from_slice(len);
-                    let data_len = u64::from_le_bytes(n);
-                    let file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&open)
-                        .with_context(|| format!("opening {}", open.display()))?;
-                    file.set_len(data_len)?;
-                    drop(file);
-                    let mut file = std::fs::OpenOptions::new().append(true).open(&open)?;
-                    std::io::Write::write_all(&mut file, tail)?;
-                    file.sync_all()?;
-                    std::fs::rename(&open, &finished)?;
-                    let _ = std::fs::remove_file(&footer);
-                    tracing::warn!(file = %finished.display(), "archive file left open by a crash sealed at its last complete block");
-                    sealed.push(finished);
-                }
-                _ => {
-                    tracing::warn!(file = %open.display(), "archive file left open by a crash had no complete block; removed");
-                    let _ = std::fs::remove_file(&open);
-                    let _ = std::fs::remove_file(&footer);
-                }
+            _ => {
+                tracing::warn!(file = %open.display(), "archive file left open by a crash had no complete block; removed");
+                let _ = std::fs::remove_file(&open);
+                let _ = std::fs::remove_file(&footer);
             }
         }
     }

@@ -92,69 +92,18 @@ BEGIN
     END IF;
 END $$;
 
+-- Each rollup table is its minute table's columns, with "bucket" in place of "minute".
 DO $$
 DECLARE
     lvl text;
+    kind text;
 BEGIN
     FOREACH lvl IN ARRAY ARRAY['5min', 'hour', 'day', 'week', 'month', 'year'] LOOP
-        EXECUTE format($f$
-            CREATE TABLE %1$I (
-                bucket        timestamptz NOT NULL,
-                exporter_id   integer NOT NULL,
-                ifindex       bigint NOT NULL,
-                direction     smallint NOT NULL,
-                sampling_rate integer NOT NULL,
-                bytes         bigint NOT NULL,
-                packets       bigint NOT NULL,
-                flows         bigint NOT NULL
-            ) PARTITION BY RANGE (bucket)$f$, 'flow_totals_' || lvl);
-        EXECUTE format($f$
-            CREATE TABLE %1$I (
-                bucket      timestamptz NOT NULL,
-                exporter_id integer NOT NULL,
-                ifindex     bigint NOT NULL,
-                direction   smallint NOT NULL,
-                side        smallint NOT NULL,
-                asn         bigint,
-                bytes       bigint NOT NULL,
-                packets     bigint NOT NULL,
-                flows       bigint NOT NULL
-            ) PARTITION BY RANGE (bucket)$f$, 'flow_as_' || lvl);
-        EXECUTE format($f$
-            CREATE TABLE %1$I (
-                bucket      timestamptz NOT NULL,
-                exporter_id integer NOT NULL,
-                ifindex     bigint NOT NULL,
-                direction   smallint NOT NULL,
-                side        smallint NOT NULL,
-                addr        inet,
-                bytes       bigint NOT NULL,
-                packets     bigint NOT NULL,
-                flows       bigint NOT NULL
-            ) PARTITION BY RANGE (bucket)$f$, 'flow_ip_' || lvl);
-        EXECUTE format($f$
-            CREATE TABLE %1$I (
-                bucket      timestamptz NOT NULL,
-                exporter_id integer NOT NULL,
-                ifindex     bigint NOT NULL,
-                direction   smallint NOT NULL,
-                side        smallint NOT NULL,
-                port        integer,
-                bytes       bigint NOT NULL,
-                packets     bigint NOT NULL,
-                flows       bigint NOT NULL
-            ) PARTITION BY RANGE (bucket)$f$, 'flow_port_' || lvl);
-        EXECUTE format($f$
-            CREATE TABLE %1$I (
-                bucket      timestamptz NOT NULL,
-                exporter_id integer NOT NULL,
-                ifindex     bigint NOT NULL,
-                direction   smallint NOT NULL,
-                proto       smallint,
-                bytes       bigint NOT NULL,
-                packets     bigint NOT NULL,
-                flows       bigint NOT NULL
-            ) PARTITION BY RANGE (bucket)$f$, 'flow_proto_' || lvl);
+        FOREACH kind IN ARRAY ARRAY['flow_totals', 'flow_as', 'flow_ip', 'flow_port', 'flow_proto'] LOOP
+            EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS) PARTITION BY RANGE (minute)',
+                kind || '_' || lvl, kind);
+            EXECUTE format('ALTER TABLE %I RENAME COLUMN minute TO bucket', kind || '_' || lvl);
+        END LOOP;
     END LOOP;
 END $$;
 

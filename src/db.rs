@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../sql/0003_web_sessions.sql"),
     ),
     (4, "0004_rollups", include_str!("../sql/0004_rollups.sql")),
+    (
+        5,
+        "0005_names_counters_alerts",
+        include_str!("../sql/0005_names_counters_alerts.sql"),
+    ),
 ];
 
 /// Connect and spawn the connection task on the current runtime.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. On a fresh Debian 12 machine, as root, it first installs what
-# the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump, and DuckDB
+# the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump, net-snmp's
+# snmpd as a real SNMP agent on loopback, and DuckDB
 # from PyPI in a virtualenv under target/, to read the Parquet archive); the tests
 # start their own PostgreSQL clusters and collectors and stop them at the end. As root
 # on Debian/Ubuntu it also runs the installer's end-to-end test, which really installs
@@ -17,6 +18,7 @@ command -v softflowd >/dev/null || need+=(softflowd)
 command -v nfcapd >/dev/null || need+=(nfdump)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+[ -x /usr/sbin/snmpd ] || need+=(snmpd)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v python3 >/dev/null || need+=(python3)

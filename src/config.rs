@@ -141,6 +141,12 @@ pub struct RawConfig {
     pub history: RawHistory,
     #[serde(default)]
     pub web: RawWeb,
+    #[serde(default)]
+    pub names: RawNames,
+    #[serde(default)]
+    pub snmp: RawSnmp,
+    #[serde(default)]
+    pub alerts: RawAlerts,
     /// Known exporters: names and per-exporter settings.
     #[serde(default, rename = "exporter")]
     pub exporters: Vec<RawExporter>,
@@ -292,6 +298,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub history: HistoryConfig,
     pub web: WebConfig,
+    pub names: NamesConfig,
+    pub snmp: SnmpConfig,
+    pub alerts: AlertsConfig,
     pub exporters: Vec<ExporterConfig>,
 }
 
@@ -307,6 +316,9 @@ impl std::fmt::Debug for Config {
             .field("retention", &self.retention)
             .field("history", &self.history)
             .field("web", &self.web)
+            .field("names", &self.names)
+            .field("snmp", &self.snmp)
+            .field("alerts", &self.alerts)
             .field("exporters", &self.exporters)
             .finish()
     }
@@ -519,6 +531,9 @@ impl RawConfig {
         let retention = validate_retention(self.retention)?;
         let history = validate_history(self.history)?;
         let web = validate_web(self.web)?;
+        let names = validate_names(self.names)?;
+        let snmp = validate_snmp(self.snmp)?;
+        let alerts = validate_alerts(self.alerts)?;
         if let Some(v) = self
             .database
             .postgresql_version
@@ -707,6 +722,9 @@ impl RawConfig {
             retention,
             history,
             web,
+            names,
+            snmp,
+            alerts,
             database: DatabaseConfig {
                 url: configured_url.clone(),
                 password_file: self.database.password_file,
@@ -1033,6 +1051,382 @@ fn percent_encode(s: &str) -> String {
 }
 
 pub const DEFAULT_SECRETS_PATH: &str = "/etc/flowstage/secrets.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNames {
+    /// Where shown names come from, first non-empty wins: `file` (exporters.cfg and
+    /// routers.cfg), `snmp` (sysName, ifName/ifDescr, ifAlias), `dns` (reverse lookup
+    /// of the exporter's address). Default `["file", "snmp", "dns"]`.
+    pub precedence: Option<Vec<String>>,
+    /// Look up exporter names by reverse DNS at each poll. Default false: router
+    /// addresses often resolve to names that say nothing.
+    pub reverse_dns: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamesConfig {
+    pub precedence: Vec<String>,
+    pub reverse_dns: bool,
+}
+
+pub const NAME_SOURCES: [&str; 3] = ["file", "snmp", "dns"];
+
+fn validate_names(raw: RawNames) -> Result<NamesConfig, ConfigError> {
+    let precedence = raw
+        .precedence
+        .unwrap_or_else(|| NAME_SOURCES.iter().map(|s| s.to_string()).collect());
+    for (i, source) in precedence.iter().enumerate() {
+        if !NAME_SOURCES.contains(&source.as_str()) {
+            return Err(invalid(
+                format!("names.precedence[{i}]"),
+                source,
+                "expected file, snmp or dns",
+            ));
+        }
+        if precedence[..i].contains(source) {
+            return Err(invalid(
+                format!("names.precedence[{i}]"),
+                source,
+                "listed twice",
+            ));
+        }
+    }
+    Ok(NamesConfig {
+        precedence,
+        reverse_dns: raw.reverse_dns.unwrap_or(false),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnmp {
+    /// Seconds between polls (the installer's timer). Default 300.
+    pub interval_secs: Option<u64>,
+    /// Seconds to wait for each answer. Default 2.
+    pub timeout_secs: Option<u64>,
+    /// Attempts after a timeout. Default 1.
+    pub retries: Option<u32>,
+    /// File holding the credentials, as `[snmp.NAME]` tables. Default the installer's
+    /// secrets file, `/etc/flowstage/secrets.toml`.
+    pub secrets_file: Option<PathBuf>,
+    /// Which exporters to poll, with which credentials. Default: none (no polling).
+    #[serde(default, rename = "target")]
+    pub targets: Vec<RawSnmpTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnmpTarget {
+    /// Exporter addresses or networks this target covers.
+    pub exporters: Vec<String>,
+    /// Name of the `[snmp.NAME]` table in the secrets file.
+    pub credentials: String,
+    /// Agent UDP port. Default 161.
+    pub port: Option<u16>,
+    /// Poll this address instead of the exporter's own (one exporter only): a router
+    /// that exports from one address and answers SNMP on another.
+    pub agent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnmpConfig {
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+    pub retries: u32,
+    pub secrets_file: PathBuf,
+    pub targets: Vec<SnmpTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnmpTarget {
+    pub exporters: Vec<IpNet>,
+    pub credentials: String,
+    pub port: u16,
+    pub agent: Option<IpAddr>,
+}
+
+fn validate_snmp(raw: RawSnmp) -> Result<SnmpConfig, ConfigError> {
+    let interval_secs = raw.interval_secs.unwrap_or(300);
+    if !(60..=86_400).contains(&interval_secs) {
+        return Err(invalid(
+            "snmp.interval_secs",
+            interval_secs,
+            "expected 60 to 86400 seconds",
+        ));
+    }
+    let timeout_secs = raw.timeout_secs.unwrap_or(2);
+    if !(1..=60).contains(&timeout_secs) {
+        return Err(invalid(
+            "snmp.timeout_secs",
+            timeout_secs,
+            "expected 1 to 60 seconds",
+        ));
+    }
+    let retries = raw.retries.unwrap_or(1);
+    if retries > 5 {
+        return Err(invalid("snmp.retries", retries, "expected 0 to 5"));
+    }
+    let mut targets = Vec::new();
+    for (i, t) in raw.targets.into_iter().enumerate() {
+        let key = |k: &str| format!("snmp.target[{i}].{k}");
+        if t.exporters.is_empty() {
+            return Err(invalid(
+                key("exporters"),
+                "[]",
+                "name at least one exporter address or network",
+            ));
+        }
+        let exporters = t
+            .exporters
+            .iter()
+            .map(|e| {
+                e.parse::<IpNet>()
+                    .or_else(|_| e.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| invalid(key("exporters"), e, "expected an address or network"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let valid_name = !t.credentials.is_empty()
+            && t.credentials
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(invalid(
+                key("credentials"),
+                &t.credentials,
+                "expected the name of a [snmp.NAME] table in the secrets file (letters, digits, - and _)",
+            ));
+        }
+        let agent = match t.agent {
+            None => None,
+            Some(a) => {
+                let single = exporters.len() == 1
+                    && exporters[0].prefix_len() == exporters[0].max_prefix_len();
+                if !single {
+                    return Err(invalid(
+                        key("agent"),
+                        &a,
+                        "an agent address is for a target of exactly one exporter address",
+                    ));
+                }
+                Some(
+                    a.parse::<IpAddr>()
+                        .map_err(|_| invalid(key("agent"), &a, "expected an IP address"))?,
+                )
+            }
+        };
+        let port = t.port.unwrap_or(161);
+        if port == 0 {
+            return Err(invalid(key("port"), port, "expected 1 to 65535"));
+        }
+        targets.push(SnmpTarget {
+            exporters,
+            credentials: t.credentials,
+            port,
+            agent,
+        });
+    }
+    Ok(SnmpConfig {
+        interval_secs,
+        timeout_secs,
+        retries,
+        secrets_file: raw
+            .secrets_file
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SECRETS_PATH)),
+        targets,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// Mail alerts (start and clear) and the daily summary to `site.admin_email`.
+    /// Default true.
+    pub mail: Option<bool>,
+    /// Send the daily summary mail. Default true.
+    pub daily_summary: Option<bool>,
+    /// `sendmail` program to hand mail to. Default `/usr/sbin/sendmail` (postfix).
+    pub sendmail: Option<PathBuf>,
+    /// Send through SMTP on this loopback address instead of `sendmail`, e.g.
+    /// `127.0.0.1:25`. Default: none.
+    pub smtp: Option<String>,
+    /// The rules. Default: the five rules in docs/alerts.md.
+    #[serde(rename = "rule")]
+    pub rules: Option<Vec<RawAlertRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertRule {
+    /// Shown in mail, the web UI and `status`; unique.
+    pub name: String,
+    /// `silent`, `loss`, `decode_errors`, `interface_utilisation`, `spool_full` or
+    /// `archive_full`.
+    pub kind: String,
+    /// The window the condition must hold over (silent: minutes without packets).
+    pub minutes: Option<u32>,
+    /// loss, interface_utilisation, spool_full, archive_full: the threshold in %.
+    pub percent: Option<f64>,
+    /// decode_errors: errors within the window.
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsConfig {
+    pub mail: bool,
+    pub daily_summary: bool,
+    pub sendmail: PathBuf,
+    pub smtp: Option<SocketAddr>,
+    pub rules: Vec<AlertRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKind {
+    Silent,
+    Loss,
+    DecodeErrors,
+    InterfaceUtilisation,
+    SpoolFull,
+    ArchiveFull,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 6] = [
+        AlertKind::Silent,
+        AlertKind::Loss,
+        AlertKind::DecodeErrors,
+        AlertKind::InterfaceUtilisation,
+        AlertKind::SpoolFull,
+        AlertKind::ArchiveFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Silent => "silent",
+            AlertKind::Loss => "loss",
+            AlertKind::DecodeErrors => "decode_errors",
+            AlertKind::InterfaceUtilisation => "interface_utilisation",
+            AlertKind::SpoolFull => "spool_full",
+            AlertKind::ArchiveFull => "archive_full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    pub name: String,
+    pub kind: AlertKind,
+    pub minutes: u32,
+    pub percent: f64,
+    pub count: u64,
+}
+
+/// The rules used when the configuration names none.
+pub fn default_alert_rules() -> Vec<AlertRule> {
+    let rule = |name: &str, kind, minutes, percent, count| AlertRule {
+        name: name.into(),
+        kind,
+        minutes,
+        percent,
+        count,
+    };
+    vec![
+        rule("exporter silent", AlertKind::Silent, 15, 0.0, 0),
+        rule("flow loss", AlertKind::Loss, 15, 5.0, 0),
+        rule("decode errors", AlertKind::DecodeErrors, 15, 0.0, 100),
+        rule(
+            "interface busy",
+            AlertKind::InterfaceUtilisation,
+            15,
+            90.0,
+            0,
+        ),
+        rule("spool nearly full", AlertKind::SpoolFull, 0, 80.0, 0),
+        rule("archive nearly full", AlertKind::ArchiveFull, 0, 95.0, 0),
+    ]
+}
+
+fn validate_alerts(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
+    let smtp = match raw.smtp {
+        None => None,
+        Some(s) => Some(
+            s.parse::<SocketAddr>()
+                .ok()
+                .filter(|a| a.ip().is_loopback() && a.port() != 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "alerts.smtp",
+                        &s,
+                        "expected a loopback ADDRESS:PORT such as 127.0.0.1:25 (the local postfix)",
+                    )
+                })?,
+        ),
+    };
+    let rules = match raw.rules {
+        None => default_alert_rules(),
+        Some(list) => {
+            let mut rules: Vec<AlertRule> = Vec::new();
+            for (i, r) in list.into_iter().enumerate() {
+                let key = |k: &str| format!("alerts.rule[{i}].{k}");
+                let name = r.name.trim().to_string();
+                if name.is_empty() || rules.iter().any(|x| x.name == name) {
+                    return Err(invalid(
+                        key("name"),
+                        &r.name,
+                        "expected a unique, non-empty name",
+                    ));
+                }
+                let kind = AlertKind::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == r.kind)
+                    .ok_or_else(|| {
+                        invalid(
+                            key("kind"),
+                            &r.kind,
+                            "expected silent, loss, decode_errors, interface_utilisation, spool_full or archive_full",
+                        )
+                    })?;
+                let windowed = !matches!(kind, AlertKind::SpoolFull | AlertKind::ArchiveFull);
+                let minutes = r.minutes.unwrap_or(if windowed { 15 } else { 0 });
+                if windowed && !(1..=1440).contains(&minutes) {
+                    return Err(invalid(
+                        key("minutes"),
+                        minutes,
+                        "expected 1 to 1440 minutes",
+                    ));
+                }
+                let percent = r.percent.unwrap_or(match kind {
+                    AlertKind::Loss => 5.0,
+                    AlertKind::InterfaceUtilisation => 90.0,
+                    AlertKind::SpoolFull => 80.0,
+                    AlertKind::ArchiveFull => 95.0,
+                    _ => 0.0,
+                });
+                if !(0.0..=1000.0).contains(&percent) {
+                    return Err(invalid(key("percent"), percent, "expected 0 to 1000"));
+                }
+                let count = r.count.unwrap_or(100);
+                rules.push(AlertRule {
+                    name,
+                    kind,
+                    minutes,
+                    percent,
+                    count,
+                });
+            }
+            rules
+        }
+    };
+    Ok(AlertsConfig {
+        mail: raw.mail.unwrap_or(true),
+        daily_summary: raw.daily_summary.unwrap_or(true),
+        sendmail: raw
+            .sendmail
+            .unwrap_or_else(|| PathBuf::from("/usr/sbin/sendmail")),
+        smtp,
+        rules,
+    })
+}
 
 impl Config {
     /// Load `path`; a missing file at the default location means all defaults, so the

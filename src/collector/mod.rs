@@ -96,7 +96,10 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let (writer_tx, writer_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer::new(config.database_url.clone(), spool, global.clone());
     let writer_task = runtime.spawn(writer.run(writer_rx));
-    let _ = writer_tx.send(WriterMsg::Exporters(config.exporters.clone()));
+    let _ = writer_tx.send(WriterMsg::Exporters(
+        config.exporters.clone(),
+        config.names.precedence.clone(),
+    ));
 
     let settings = Arc::new(SharedSettings::default());
     settings.replace(ExporterSettings::new(
@@ -272,7 +275,10 @@ fn reload(
                 &new.exporters,
                 &new.collector.allowed_exporters,
             ));
-            let _ = names.send(WriterMsg::Exporters(new.exporters.clone()));
+            let _ = names.send(WriterMsg::Exporters(
+                new.exporters.clone(),
+                new.names.precedence.clone(),
+            ));
             tracing::info!(
                 exporters = new.exporters.len(),
                 "SIGHUP: exporter settings reloaded from {}",

@@ -24,8 +24,9 @@ use crate::db;
 #[derive(Debug)]
 pub enum WriterMsg {
     Batch(Batch),
-    /// Exporter names from the configuration (start and SIGHUP).
-    Exporters(Vec<ExporterConfig>),
+    /// Exporter names from the configuration (start and SIGHUP), and the name
+    /// precedence (`names.precedence`) they are shown by.
+    Exporters(Vec<ExporterConfig>, Vec<String>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub struct Writer {
     client: Option<Client>,
     stats: Arc<Mutex<GlobalStats>>,
     ensured_days: HashSet<i64>,
-    names: Option<Vec<ExporterConfig>>,
+    names: Option<(Vec<ExporterConfig>, Vec<String>)>,
     next_attempt: Instant,
     backoff: Duration,
 }
@@ -138,7 +139,7 @@ impl Writer {
     fn accept(&mut self, msg: WriterMsg, queue: &mut VecDeque<Batch>) {
         match msg {
             WriterMsg::Batch(b) => queue.push_back(b),
-            WriterMsg::Exporters(list) => self.names = Some(list),
+            WriterMsg::Exporters(list, precedence) => self.names = Some((list, precedence)),
         }
     }
 
@@ -275,20 +276,27 @@ impl Writer {
         }
     }
 
-    async fn sync_names(&mut self, names: &[ExporterConfig]) -> anyhow::Result<()> {
+    /// Names from `[[exporter]]` in the configuration count as file names.
+    async fn sync_names(
+        &mut self,
+        (names, precedence): &(Vec<ExporterConfig>, Vec<String>),
+    ) -> anyhow::Result<()> {
         let Some(client) = self.client.as_ref() else {
             return Ok(());
         };
-        for e in names {
+        for e in names.iter().filter(|e| e.name.is_some()) {
             client
                 .execute(
-                    "INSERT INTO exporters (address, name) VALUES ($1, $2)
-                     ON CONFLICT (address) DO UPDATE SET name = EXCLUDED.name
-                     WHERE exporters.name IS DISTINCT FROM EXCLUDED.name",
+                    "INSERT INTO exporters (address, file_name) VALUES ($1, $2)
+                     ON CONFLICT (address) DO UPDATE SET file_name = EXCLUDED.file_name
+                     WHERE exporters.file_name IS DISTINCT FROM EXCLUDED.file_name",
                     &[&e.address, &e.name],
                 )
                 .await?;
         }
+        client
+            .execute("SELECT flowstage_apply_names($1)", &[precedence])
+            .await?;
         Ok(())
     }
 

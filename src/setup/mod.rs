@@ -406,7 +406,7 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
             if let Some(url) = &cli.database {
                 config.database_url = url.clone();
             }
-            routers_command(&config.database_url, cmd)
+            routers_command(&config.database_url, &config.names.precedence, cmd)
         }
         SetupCommand::Uninstall(args) => {
             if !args.yes {
@@ -436,7 +436,11 @@ pub fn setup_main(cli: SetupCli) -> anyhow::Result<u8> {
     }
 }
 
-fn routers_command(database_url: &str, cmd: RoutersCommand) -> anyhow::Result<u8> {
+fn routers_command(
+    database_url: &str,
+    precedence: &[String],
+    cmd: RoutersCommand,
+) -> anyhow::Result<u8> {
     let RoutersCommand::Import {
         exporters,
         routers: routers_path,
@@ -503,7 +507,7 @@ fn routers_command(database_url: &str, cmd: RoutersCommand) -> anyhow::Result<u8
             return Ok(2);
         }
         if !dry_run {
-            routers::apply(&mut client, &changes, &actor).await?;
+            routers::apply(&mut client, &changes, &actor, precedence).await?;
         }
         print!("{}", routers::describe(&changes, verbose, dry_run));
         Ok(0)

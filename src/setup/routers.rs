@@ -213,7 +213,7 @@ pub async fn plan(
 ) -> anyhow::Result<Result<Vec<Change>, Vec<LineError>>> {
     let (exporters_file, routers_file) = files;
     let known: Vec<(IpAddr, Option<String>)> = client
-        .query("SELECT address, name FROM exporters", &[])
+        .query("SELECT address, file_name FROM exporters", &[])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -275,7 +275,7 @@ pub async fn plan(
         };
         let current: Option<Option<String>> = client
             .query_opt(
-                "SELECT i.description FROM interfaces i JOIN exporters e ON e.id = i.exporter_id
+                "SELECT i.file_description FROM interfaces i JOIN exporters e ON e.id = i.exporter_id
                  WHERE e.address = $1 AND i.ifindex = $2",
                 &[&address, &i64::from(i.ifindex)],
             )
@@ -368,8 +368,14 @@ pub fn describe(changes: &[Change], verbose: bool, dry_run: bool) -> String {
     o
 }
 
-/// Apply the changes in one transaction, then record them in the audit log.
-pub async fn apply(client: &mut Client, changes: &[Change], actor: &str) -> anyhow::Result<()> {
+/// Apply the changes in one transaction, re-pick the shown names by `precedence`, then
+/// record the changes in the audit log.
+pub async fn apply(
+    client: &mut Client,
+    changes: &[Change],
+    actor: &str,
+    precedence: &[String],
+) -> anyhow::Result<()> {
     let tx = client.transaction().await?;
     for c in changes {
         match c {
@@ -378,8 +384,8 @@ pub async fn apply(client: &mut Client, changes: &[Change], actor: &str) -> anyh
                 address, to: name, ..
             } => {
                 tx.execute(
-                    "INSERT INTO exporters (address, name) VALUES ($1, $2)
-                     ON CONFLICT (address) DO UPDATE SET name = EXCLUDED.name",
+                    "INSERT INTO exporters (address, file_name) VALUES ($1, $2)
+                     ON CONFLICT (address) DO UPDATE SET file_name = EXCLUDED.file_name",
                     &[address, name],
                 )
                 .await?;
@@ -403,15 +409,17 @@ pub async fn apply(client: &mut Client, changes: &[Change], actor: &str) -> anyh
                 )
                 .await?;
                 tx.execute(
-                    "INSERT INTO interfaces (exporter_id, ifindex, description)
+                    "INSERT INTO interfaces (exporter_id, ifindex, file_description)
                      SELECT id, $2, $3 FROM exporters WHERE address = $1
-                     ON CONFLICT (exporter_id, ifindex) DO UPDATE SET description = EXCLUDED.description",
+                     ON CONFLICT (exporter_id, ifindex) DO UPDATE SET file_description = EXCLUDED.file_description",
                     &[address, &i64::from(*ifindex), description],
                 )
                 .await?;
             }
         }
     }
+    tx.execute("SELECT flowstage_apply_names($1)", &[&precedence])
+        .await?;
     tx.commit().await?;
     if !changes.is_empty() {
         crate::users::audit(

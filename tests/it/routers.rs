@@ -61,7 +61,7 @@ fn example_files_import_exactly_once_with_a_readable_dry_run() {
     pg.psql(
         &db,
         "UPDATE exporters SET name = NULL; INSERT INTO exporters (address) VALUES ('192.0.2.2');
-         INSERT INTO interfaces (exporter_id, ifindex, description)
+         INSERT INTO interfaces (exporter_id, ifindex, file_description)
          SELECT id, 10, 'old text' FROM exporters WHERE address = '192.0.2.2'",
     );
     let before = tables(pg, &db);
@@ -181,7 +181,7 @@ fn malformed_lines_are_named_and_nothing_is_applied() {
     // A name another registered exporter already has.
     pg.psql(
         &db,
-        "INSERT INTO exporters (address, name) VALUES ('192.0.2.9', 'rtr-a')",
+        "INSERT INTO exporters (address, file_name) VALUES ('192.0.2.9', 'rtr-a')",
     );
     std::fs::write(&routers, "rtr-a 1 uplink\n").unwrap();
     let o = import(&url, &exporters, &routers, &[]);

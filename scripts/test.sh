@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite. On a fresh Debian 12 machine, as root, it first installs what
 # the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump, net-snmp's
-# snmpd as a real SNMP agent on loopback, and DuckDB
-# from PyPI in a virtualenv under target/, to read the Parquet archive); the tests
+# snmpd and snmpget as a real SNMP agent and client on loopback, and DuckDB from PyPI
+# in a virtualenv under target/, to read the Parquet archive); the tests
 # start their own PostgreSQL clusters and collectors and stop them at the end. As root
 # on Debian/Ubuntu it also runs the installer's end-to-end test, which really installs
 # the appliance on this machine and uninstalls it again (FLOWSTAGE_E2E_INSTALL=0 skips
@@ -19,6 +19,7 @@ command -v nfcapd >/dev/null || need+=(nfdump)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 [ -x /usr/sbin/snmpd ] || need+=(snmpd)
+command -v snmpget >/dev/null || need+=(snmp)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v python3 >/dev/null || need+=(python3)

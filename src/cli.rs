@@ -51,6 +51,18 @@ pub enum CollectorCommand {
     Purge(PurgeArgs),
     /// Raw flows from the archive, listed or aggregated, with an nfdump-like filter.
     Query(QueryArgs),
+    /// Poll the exporters' SNMP agents for names, speeds and counters, look up reverse
+    /// DNS names when enabled, and re-pick the shown names (what the timer runs).
+    Poll(PollArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PollArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -428,6 +440,52 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                     println!("{:<6} {:<8} (ends {})  {what}", i.level, i.period, i.ends);
                 }
             }
+            Ok(())
+        }
+        CollectorCommand::Poll(a) => {
+            let config = a.common.load()?;
+            // SNMP sessions keep 64 KiB datagram buffers on the stack.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_stack_size(8 << 20)
+                .build()?;
+            let summary = rt.block_on(crate::snmp::poll(&config, chrono::Utc::now()))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                if summary.polls.is_empty() {
+                    println!("no exporter is covered by an [[snmp.target]]");
+                }
+                for p in &summary.polls {
+                    match &p.error {
+                        None => println!(
+                            "{:<39} ok: {} interface(s), {} with counters, sysName {}",
+                            p.exporter,
+                            p.interfaces,
+                            p.counters,
+                            p.sys_name.as_deref().unwrap_or("-")
+                        ),
+                        Some(e) => println!(
+                            "{:<39} FAILED: {e}; {}",
+                            p.exporter,
+                            match &p.last_success {
+                                Some(t) => format!("names of the poll at {t} kept"),
+                                None => "never polled successfully".to_string(),
+                            }
+                        ),
+                    }
+                }
+                if summary.dns_lookups > 0 {
+                    println!("{} reverse DNS name(s) looked up", summary.dns_lookups);
+                }
+                println!("{} shown name(s) changed", summary.names_changed);
+            }
+            anyhow::ensure!(
+                summary.failures() == 0,
+                "{} of {} SNMP poll(s) failed",
+                summary.failures(),
+                summary.polls.len()
+            );
             Ok(())
         }
         CollectorCommand::Query(a) => {

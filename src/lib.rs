@@ -18,6 +18,7 @@ pub mod gen;
 pub mod report;
 pub mod rollup;
 pub mod setup;
+pub mod snmp;
 pub mod timespec;
 pub mod totals;
 pub mod users;

@@ -305,7 +305,67 @@ async fn database_checks(ctx: &Context<'_>) -> Vec<Check> {
     });
     checks.push(rollup_check(&client).await);
     checks.push(unnamed_exporters_check(&client).await);
+    if !ctx.config.snmp.targets.is_empty() {
+        checks.push(snmp_check(&client, ctx.config.snmp.interval_secs).await);
+    }
     checks
+}
+
+/// SNMP polls: a failed one keeps the last good names, so the operator must hear of it
+/// here; polls older than three intervals mean the timer is not running.
+async fn snmp_check(client: &tokio_postgres::Client, interval_secs: u64) -> Check {
+    let rows = client
+        .query(
+            "SELECT host(e.address), p.error,
+                    to_char(p.succeeded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'),
+                    extract(epoch FROM now() - p.attempted_at)::bigint
+             FROM snmp_polls p JOIN exporters e ON e.id = p.exporter_id ORDER BY e.address",
+            &[],
+        )
+        .await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => return Check::warn("snmp", format!("{e}")),
+    };
+    if rows.is_empty() {
+        return Check::warn(
+            "snmp",
+            "no exporter polled yet: run `flowstage-collector poll` to see why",
+        );
+    }
+    let mut problems = Vec::new();
+    let mut stale = 0;
+    for r in &rows {
+        let address: String = r.get(0);
+        if let Some(error) = r.get::<_, Option<String>>(1) {
+            let kept = match r.get::<_, Option<String>>(2) {
+                Some(t) => format!("names of {t} UTC kept"),
+                None => "never polled successfully".to_string(),
+            };
+            problems.push(format!("{address}: {error} ({kept})"));
+        }
+        if r.get::<_, Option<i64>>(3).unwrap_or(0) > 3 * interval_secs as i64 {
+            stale += 1;
+        }
+    }
+    if !problems.is_empty() {
+        return Check::warn(
+            "snmp",
+            format!(
+                "{} of {} poll(s) failed: {}",
+                problems.len(),
+                rows.len(),
+                problems.join("; ")
+            ),
+        );
+    }
+    if stale > 0 {
+        return Check::warn(
+            "snmp",
+            format!("{stale} exporter(s) not polled for over three intervals: is flowstage-poll.timer (or the cron line) running?"),
+        );
+    }
+    Check::ok("snmp", format!("{} exporter(s) polled", rows.len()))
 }
 
 /// Exporters registered from their flows but not named yet: the operator should add

@@ -16,6 +16,7 @@ mod resilience;
 mod rollup;
 mod routers;
 mod setup;
+mod snmp;
 mod users;
 mod web;
 mod writer;

@@ -283,6 +283,7 @@ impl Renderer {
         let mut ctx = self.context.clone();
         ctx.insert("database_password", &secrets.database_password);
         ctx.insert("session_key", &secrets.session_key);
+        ctx.insert("snmp", &secrets.snmp);
         let text = self
             .tera
             .render("secrets.toml", &ctx)

@@ -1,6 +1,7 @@
 //! The appliance's secrets (database password, web session key): generated once at
 //! install into `/etc/flowstage/secrets.toml` (mode 0600, owner flowstage), reused on
-//! every later run, never printed or logged.
+//! every later run, never printed or logged. The operator's SNMP credentials
+//! (`[snmp.NAME]` tables) live in the same file and are carried over on every rewrite.
 
 use anyhow::Context;
 
@@ -11,6 +12,8 @@ use super::render::SECRETS_PATH;
 pub struct Secrets {
     pub database_password: String,
     pub session_key: String,
+    /// The operator's `[snmp.NAME]` tables, as TOML text, kept as they are.
+    pub snmp: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -36,6 +39,7 @@ impl Secrets {
         Ok(Secrets {
             database_password: random_hex(24)?,
             session_key: random_hex(32)?,
+            snmp: None,
         })
     }
 
@@ -62,10 +66,19 @@ impl Secrets {
                 .filter(|s| valid_secret(s))
                 .map(str::to_string)
         };
+        let snmp = match table.get("snmp") {
+            Some(toml::Value::Table(t)) if !t.is_empty() => {
+                let mut wrapper = toml::Table::new();
+                wrapper.insert("snmp".into(), toml::Value::Table(t.clone()));
+                Some(toml::to_string(&wrapper).context("keeping the [snmp] credentials")?)
+            }
+            _ => None,
+        };
         Ok(match (get("database_password"), get("session_key")) {
             (Some(database_password), Some(session_key)) => Some(Secrets {
                 database_password,
                 session_key,
+                snmp,
             }),
             // Replacing it would silently change the database password under the
             // running daemons.
@@ -97,5 +110,24 @@ mod tests {
         assert!(valid_secret(&a.database_password) && valid_secret(&a.session_key));
         assert_ne!(a, b);
         assert!(!format!("{a:?}").contains(&a.database_password));
+    }
+
+    #[test]
+    fn snmp_credentials_survive_a_rewrite() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Host::new(Some(root.path().to_path_buf()));
+        let path = host.path(SECRETS_PATH);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let key = "0123456789abcdef0123456789abcdef0123456789abcdef";
+        std::fs::write(
+            &path,
+            format!("database_password = \"{key}\"\nsession_key = \"{key}\"\n\n[snmp.core]\nversion = \"2c\"\ncommunity = \"c0mm\"\n"),
+        )
+        .unwrap();
+        let s = Secrets::load(&host).unwrap().unwrap();
+        let kept = s.snmp.clone().unwrap();
+        let reparsed: toml::Table = kept.parse().unwrap();
+        assert_eq!(reparsed["snmp"]["core"]["community"].as_str(), Some("c0mm"));
+        assert!(!format!("{s:?}").contains("c0mm"));
     }
 }

@@ -54,6 +54,39 @@ pub enum CollectorCommand {
     /// Poll the exporters' SNMP agents for names, speeds and counters, look up reverse
     /// DNS names when enabled, and re-pick the shown names (what the timer runs).
     Poll(PollArgs),
+    /// Evaluate the alert rules once: start and clear alerts, mail each start and
+    /// clear once (what the timer runs every minute), and list the active ones.
+    Alerts(AlertsArgs),
+    /// The daily summary (top interfaces and talkers, exporter health, alerts) of the
+    /// last 24 hours, printed or mailed to the admin (what the daily timer runs).
+    Summary(SummaryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Evaluate and record, but send no mail.
+    #[arg(long)]
+    pub no_mail: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Evaluate as if it were this time (tests and replays).
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Mail it to the admin instead of printing it.
+    #[arg(long)]
+    pub mail: bool,
+    /// End of the 24 hours (default now).
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -486,6 +519,77 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                 summary.failures(),
                 summary.polls.len()
             );
+            Ok(())
+        }
+        CollectorCommand::Alerts(a) => {
+            let config = a.common.load()?;
+            let now = match &a.now {
+                Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now")?,
+                None => chrono::Utc::now(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let result = rt.block_on(async {
+                let mut client = crate::db::connect(&config.database_url).await?;
+                crate::db::migrate(&mut client).await?;
+                crate::alerts::evaluate(&mut client, &config, now, !a.no_mail).await
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                for x in &result.fired {
+                    println!("STARTED  {}: {}", x.rule, x.message);
+                }
+                for x in &result.cleared {
+                    println!("CLEARED  {}: {}", x.rule, x.subject);
+                }
+                if result.active.is_empty() {
+                    println!("no active alerts");
+                }
+                for x in &result.active {
+                    println!(
+                        "active since {}  {}: {}",
+                        x.started_at.format("%Y-%m-%d %H:%M"),
+                        x.rule,
+                        x.message
+                    );
+                }
+                if result.mails_sent > 0 {
+                    println!("{} mail(s) sent", result.mails_sent);
+                }
+            }
+            anyhow::ensure!(
+                result.mail_errors.is_empty(),
+                "mail not sent (retried next run): {}",
+                result.mail_errors.join("; ")
+            );
+            Ok(())
+        }
+        CollectorCommand::Summary(a) => {
+            let config = a.common.load()?;
+            let now = match &a.now {
+                Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now")?,
+                None => chrono::Utc::now(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let message = rt.block_on(async {
+                let mut client = crate::db::connect(&config.database_url).await?;
+                crate::db::migrate(&mut client).await?;
+                crate::alerts::daily_summary(&client, &config, now).await
+            })?;
+            if a.mail {
+                if !config.alerts.daily_summary {
+                    println!("alerts.daily_summary is off: not mailed");
+                    return Ok(());
+                }
+                crate::mail::send(&crate::mail::Transport::from_config(&config), &message)?;
+                println!("mailed {}: {}", message.to, message.subject);
+            } else {
+                println!("Subject: {}\n\n{}", message.subject, message.body);
+            }
             Ok(())
         }
         CollectorCommand::Query(a) => {

@@ -7,6 +7,7 @@
 //! [`encode`] produce traffic with known totals for tests and benchmarks. [`setup`] is
 //! the installer and configuration manager; [`web`] the web daemon.
 
+pub mod alerts;
 pub mod archive;
 pub mod cli;
 pub mod collector;
@@ -15,6 +16,7 @@ pub mod db;
 pub mod decode;
 pub mod encode;
 pub mod gen;
+pub mod mail;
 pub mod report;
 pub mod rollup;
 pub mod setup;

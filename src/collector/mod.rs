@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod batch;
+pub mod health;
 pub mod receive;
 pub mod spool;
 pub mod stats;
@@ -185,6 +186,12 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         receive: counters,
         ports,
     });
+    {
+        let observed = observed.clone();
+        runtime.spawn(health::run(config.database_url.clone(), move || {
+            observed.snapshot()
+        }));
+    }
     runtime.block_on(async {
         if let Some(addr) = c.metrics {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -308,7 +308,32 @@ async fn database_checks(ctx: &Context<'_>) -> Vec<Check> {
     if !ctx.config.snmp.targets.is_empty() {
         checks.push(snmp_check(&client, ctx.config.snmp.interval_secs).await);
     }
+    checks.push(alerts_check(&client).await);
     checks
+}
+
+/// The alerts active now (the rules are evaluated by flowstage-alerts.timer).
+async fn alerts_check(client: &tokio_postgres::Client) -> Check {
+    match crate::alerts::active(client).await {
+        Ok(list) if list.is_empty() => Check::ok("alerts", "no active alerts"),
+        Ok(list) => Check::warn(
+            "alerts",
+            format!(
+                "{} active: {}",
+                list.len(),
+                list.iter()
+                    .map(|a| format!(
+                        "{} since {} UTC: {}",
+                        a.rule,
+                        a.started_at.format("%Y-%m-%d %H:%M"),
+                        a.message
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+        Err(e) => Check::warn("alerts", format!("{e:#}")),
+    }
 }
 
 /// SNMP polls: a failed one keeps the last good names, so the operator must hear of it

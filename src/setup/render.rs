@@ -87,6 +87,30 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../units/flowstage-purge.timer"),
     ),
     (
+        "flowstage-poll.service",
+        include_str!("../../units/flowstage-poll.service"),
+    ),
+    (
+        "flowstage-poll.timer",
+        include_str!("../../units/flowstage-poll.timer"),
+    ),
+    (
+        "flowstage-alerts.service",
+        include_str!("../../units/flowstage-alerts.service"),
+    ),
+    (
+        "flowstage-alerts.timer",
+        include_str!("../../units/flowstage-alerts.timer"),
+    ),
+    (
+        "flowstage-summary.service",
+        include_str!("../../units/flowstage-summary.service"),
+    ),
+    (
+        "flowstage-summary.timer",
+        include_str!("../../units/flowstage-summary.timer"),
+    ),
+    (
         "flowstage-collector.init",
         include_str!("../../units/flowstage-collector.init"),
     ),
@@ -97,7 +121,7 @@ const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// Units written to `/etc/systemd/system` (and removed by uninstall).
-pub const SYSTEMD_UNITS: [&str; 8] = [
+pub const SYSTEMD_UNITS: [&str; 14] = [
     "flowstage-collector.service",
     "flowstage-web.service",
     "flowstage-status.service",
@@ -106,13 +130,22 @@ pub const SYSTEMD_UNITS: [&str; 8] = [
     "flowstage-rollup.timer",
     "flowstage-purge.service",
     "flowstage-purge.timer",
+    "flowstage-poll.service",
+    "flowstage-poll.timer",
+    "flowstage-alerts.service",
+    "flowstage-alerts.timer",
+    "flowstage-summary.service",
+    "flowstage-summary.timer",
 ];
 
 /// The periodic jobs on systemd hosts (cron entries elsewhere).
-pub const TIMERS: [&str; 3] = [
+pub const TIMERS: [&str; 6] = [
     "flowstage-status.timer",
     "flowstage-rollup.timer",
     "flowstage-purge.timer",
+    "flowstage-poll.timer",
+    "flowstage-alerts.timer",
+    "flowstage-summary.timer",
 ];
 
 #[derive(Debug, Serialize)]
@@ -138,6 +171,9 @@ struct TemplateValues {
     config_path: &'static str,
     user: &'static str,
     web_listen: String,
+    snmp_interval_secs: u64,
+    /// The poll interval in whole minutes for cron's `*/N` (1 to 59).
+    snmp_cron_minutes: u64,
     web_privileged_port: bool,
     web_tls: &'static str,
     web_tls_cert: String,
@@ -233,6 +269,8 @@ impl Renderer {
             config_path: CONFIG_PATH,
             user: USER,
             web_listen: config.web.listen.to_string(),
+            snmp_interval_secs: config.snmp.interval_secs,
+            snmp_cron_minutes: config.snmp.interval_secs.div_ceil(60).clamp(1, 59),
             web_privileged_port: config.web.listen.port() < 1024,
             web_tls: match config.web.tls {
                 crate::config::TlsMode::Off => "off",

@@ -201,19 +201,27 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
     }
     // The cron lines' (and timers') jobs run as the flowstage user with the installed
     // configuration, and reports over the rollups keep the same totals.
-    for job in ["rollup", "purge"] {
+    // The poll, alert and summary jobs too: the summary goes to the admin through the
+    // installed postfix's sendmail.
+    for job in [
+        &["rollup"][..],
+        &["purge"],
+        &["poll"],
+        &["alerts"],
+        &["summary", "--mail"],
+    ] {
         let o = Command::new("runuser")
             .args([
                 "-u",
                 "flowstage",
                 "--",
                 "/usr/local/bin/flowstage-collector",
-                job,
             ])
+            .args(job)
             .args(["--config", "/etc/flowstage/flowstage.toml"])
             .output()
             .unwrap();
-        assert!(o.status.success(), "{job}: {}", text(&o));
+        assert!(o.status.success(), "{job:?}: {}", text(&o));
     }
     assert_eq!(stored_totals(), stored, "totals after rollup and purge");
     // The restarted collector has not heard from anyone yet; the stored data is fresh.

@@ -56,6 +56,97 @@ pub async fn visible_exporters(
         .collect())
 }
 
+/// The active alerts this user may see: those about a visible exporter; the
+/// appliance-wide ones (spool, archive) only for admins.
+pub async fn visible_alerts(
+    client: &Client,
+    who: &Identity,
+) -> Result<Vec<crate::alerts::Alert>, WebError> {
+    let all = crate::alerts::active(client)
+        .await
+        .map_err(WebError::Internal)?;
+    if restriction(who).is_none() {
+        return Ok(all);
+    }
+    let exporters = visible_exporters(client, who).await?;
+    Ok(all
+        .into_iter()
+        .filter(|a| {
+            exporters
+                .iter()
+                .any(|e| a.subject.split(' ').next() == Some(e.address.as_str()))
+        })
+        .collect())
+}
+
+pub async fn alerts(
+    State(state): State<Arc<AppState>>,
+    ApiUser(who): ApiUser,
+) -> Result<Response, ApiError> {
+    let client = state.client().await?;
+    Ok(Json(visible_alerts(&client, &who).await?).into_response())
+}
+
+/// Interface traffic measured by the device itself over a period, per source.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    /// `snmp` (64-bit octet counters) or `sflow` (counter samples).
+    pub source: String,
+    pub in_bps: f64,
+    pub out_bps: f64,
+    /// Seconds of the period the counters cover.
+    pub covered_secs: f64,
+}
+
+/// What the device's own counters say about one interface between `from` and `to`.
+pub async fn measured(
+    client: &Client,
+    exporter: &str,
+    interface: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Measured>, WebError> {
+    let rows = client
+        .query(
+            "SELECT c.source, (sum(c.in_octets) * 8 / sum(c.secs))::float8,
+                    (sum(c.out_octets) * 8 / sum(c.secs))::float8, sum(c.secs)::float8
+             FROM interface_counters c
+             JOIN exporters e ON e.id = c.exporter_id
+             JOIN interfaces i ON i.exporter_id = c.exporter_id AND i.ifindex = c.ifindex
+             WHERE (host(e.address) = $1 OR e.name = $1)
+               AND (i.ifindex::text = $2 OR i.name = $2 OR i.description = $2)
+               AND c.time > $3 AND c.time <= $4
+             GROUP BY c.source ORDER BY c.source",
+            &[&exporter, &interface, &from, &to],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Measured {
+            source: r.get(0),
+            in_bps: r.get(1),
+            out_bps: r.get(2),
+            covered_secs: r.get(3),
+        })
+        .collect())
+}
+
+pub async fn counters(
+    State(state): State<Arc<AppState>>,
+    ApiUser(who): ApiUser,
+    Query(params): Query<ViewParams>,
+) -> Result<Response, ApiError> {
+    let view =
+        super::view::View::parse(&params, chrono::Utc::now()).map_err(WebError::BadRequest)?;
+    let (Some(exporter), Some(interface)) = (view.exporter.as_deref(), view.interface.as_deref())
+    else {
+        return Err(WebError::BadRequest("counters need exporter= and interface=".into()).into());
+    };
+    let client = state.client().await?;
+    check_scope(&client, &who, Some(exporter), Some(interface)).await?;
+    Ok(Json(measured(&client, exporter, interface, view.from, view.to).await?).into_response())
+}
+
 pub async fn me(ApiUser(who): ApiUser) -> Response {
     Json(serde_json::json!({"name": who.name, "role": who.role})).into_response()
 }
@@ -212,6 +303,11 @@ pub async fn openapi() -> Response {
         "security": [{"token": []}, {"session": []}],
         "paths": {
             "/api/v1/me": {"get": {"summary": "The caller", "responses": ok(serde_json::json!({"type": "object"}))}},
+            "/api/v1/alerts": {"get": {"summary": "Active alerts the caller may see", "responses": ok(serde_json::json!({"type": "array", "items": {"type": "object", "properties": {
+                "rule": {"type": "string"}, "subject": {"type": "string"}, "started_at": {"type": "string"}, "value": {"type": "number"}, "message": {"type": "string"}}}}))}},
+            "/api/v1/counters": {"get": {"summary": "An interface's traffic as its own counters measured it (SNMP, sFlow), per source", "parameters": view_params,
+                "responses": ok(serde_json::json!({"type": "array", "items": {"type": "object", "properties": {
+                    "source": {"type": "string"}, "in_bps": {"type": "number"}, "out_bps": {"type": "number"}, "covered_secs": {"type": "number"}}}}))}},
             "/api/v1/exporters": {"get": {"summary": "Visible exporters", "responses": ok(serde_json::json!({"type": "array", "items": {"type": "object"}}))}},
             "/api/v1/interfaces": {"get": {"summary": "Visible interfaces", "parameters": [{"name": "exporter", "in": "query", "required": false, "schema": {"type": "string"}}],
                 "responses": ok(serde_json::json!({"type": "array", "items": {"type": "object"}}))}},

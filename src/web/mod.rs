@@ -307,6 +307,8 @@ pub fn router(state: AppStateRef) -> Router {
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/api/v1/me", get(api::me))
         .route("/api/v1/exporters", get(api::exporters))
+        .route("/api/v1/alerts", get(api::alerts))
+        .route("/api/v1/counters", get(api::counters))
         .route("/api/v1/interfaces", get(api::interfaces))
         .route("/api/v1/report", get(api::report))
         .route("/api/v1/series", get(api::series))

@@ -651,6 +651,46 @@ pub async fn interface_page(
             escape(&graph)
         );
     }
+    // Beside the flows: what the router's own counters measured (SNMP, sFlow).
+    let measured = super::api::measured(&client, &exporter, &interface, view.from, view.to).await?;
+    if !measured.is_empty() {
+        let secs = (view.to - view.from).num_seconds().max(1) as f64;
+        let mut flow_bps = [0.0; 2];
+        for (i, direction) in [
+            crate::collector::batch::Direction::In,
+            crate::collector::batch::Direction::Out,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let v = View {
+                by: ReportBy::Total,
+                direction,
+                ..view.clone()
+            };
+            let r = report::run(&client, &v.query(restriction(&who))).await?;
+            flow_bps[i] = r.total.bytes as f64 * 8.0 / secs;
+        }
+        let [flow_in, flow_out] = flow_bps;
+        body.push_str("<h2>Measured by the device</h2><table class=\"measured\"><thead><tr><th>source</th><th>in (average)</th><th>out (average)</th><th>covers</th></tr></thead><tbody>");
+        let _ = write!(
+            body,
+            "<tr><td>flows</td><td>{}</td><td>{}</td><td>the period</td></tr>",
+            crate::alerts::human_bps(flow_in),
+            crate::alerts::human_bps(flow_out)
+        );
+        for m in &measured {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.0} % of the period</td></tr>",
+                escape(&m.source),
+                crate::alerts::human_bps(m.in_bps),
+                crate::alerts::human_bps(m.out_bps),
+                (m.covered_secs * 100.0 / secs).min(100.0)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
     for by in [
         ReportBy::SrcAs,
         ReportBy::DstAs,
@@ -719,6 +759,26 @@ pub async fn dashboard(
         escape(&day.link("/report", |_| {})),
         escape(&day.link("/graph.svg", |_| {}))
     );
+    let alerts = super::api::visible_alerts(&client, &who).await?;
+    if alerts.is_empty() {
+        body.push_str("<h2>Alerts</h2><p class=\"alerts-none\">No active alerts.</p>");
+    } else {
+        let _ = write!(
+            body,
+            "<h2>Alerts</h2><table class=\"alerts\"><thead><tr><th>since (UTC)</th><th>rule</th><th>about</th><th>what</th></tr></thead><tbody>"
+        );
+        for a in &alerts {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&a.started_at.format("%Y-%m-%d %H:%M").to_string()),
+                escape(&a.rule),
+                escape(&a.subject),
+                escape(&a.message)
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
     let health = collector_health(&state).await;
     body.push_str("<h2>Exporters</h2><table><thead><tr><th>exporter</th><th>address</th><th>interfaces</th><th>first seen</th><th>last seen</th><th>last packet</th><th>loss</th><th>decode errors</th></tr></thead><tbody>");
     let now = chrono::Utc::now().timestamp().max(0) as u64;

@@ -765,6 +765,9 @@ fn numbers_and_authorization_matrix() {
         "/api/v1/interfaces",
         "/api/v1/exporters",
         "/api/v1/flows",
+        "/api/v1/alerts",
+        "/api/v1/counters",
+        "/interface",
         "/flows",
         "/admin/users",
         "/admin/audit",
@@ -1195,4 +1198,106 @@ fn admin_pages_manage_users_groups_grants_and_tokens() {
         );
     }
     assert!(audit.body.contains("web:boss"));
+}
+
+#[test]
+fn alerts_and_device_counters_are_shown_within_grants() {
+    let pg = Pg::shared();
+    let (db, url) = pg.create_database("web_alerts");
+    let (_web, port, _dir) = start("[web]\ntls = \"off\"\n", &url);
+    let base = format!("http://127.0.0.1:{port}");
+    // Any collector command migrates the database.
+    let migrate = Command::new(crate::support::collector_bin())
+        .args(["poll", "--database", &url, "--config"])
+        .arg(crate::support::empty_config())
+        .output()
+        .unwrap();
+    assert!(migrate.status.success());
+    add_user(&url, "boss", "admin", "admin password 1");
+    add_user(&url, "cust", "viewer", "viewer password 1");
+    pg.psql(
+        &db,
+        "INSERT INTO exporters (address, name) VALUES ('192.0.2.1', 'r1'), ('192.0.2.2', 'r2');
+         INSERT INTO interfaces (exporter_id, ifindex, name) SELECT id, 1, 'Gi0/1' FROM exporters;
+         INSERT INTO alerts (rule, subject, started_at, value, message) VALUES
+           ('flow loss', '192.0.2.1', now(), 9, 'loss on r1'),
+           ('exporter silent', '192.0.2.2', now(), 20, 'r2 silent'),
+           ('spool nearly full', 'spool', now(), 90, 'the spool is filling');
+         -- 10 Mbit/s in and 2 Mbit/s out over five minutes, by SNMP; sFlow: 20 Mbit/s in.
+         INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
+           SELECT now() - interval '10 minutes', id, 1, 'snmp', 300, 375000000, 75000000 FROM exporters WHERE name = 'r1';
+         INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
+           SELECT now() - interval '10 minutes', id, 1, 'sflow', 60, 150000000, 0 FROM exporters WHERE name = 'r1';",
+    );
+    setup_users(&url, &["grant", "cust", "--exporter", "192.0.2.1"]);
+    let admin = login(&base, "boss", "admin password 1").unwrap();
+    let viewer = login(&base, "cust", "viewer password 1").unwrap();
+
+    let messages = |cookie: &str| -> Vec<String> {
+        let mut v: Vec<String> = get(&format!("{base}/api/v1/alerts"), Some(cookie))
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["message"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        messages(&admin),
+        ["loss on r1", "r2 silent", "the spool is filling"]
+    );
+    assert_eq!(messages(&viewer), ["loss on r1"]);
+    assert_eq!(get(&format!("{base}/api/v1/alerts"), None).status, 401);
+    let dashboard = get(&format!("{base}/"), Some(&viewer)).body;
+    assert!(dashboard.contains("loss on r1"), "{dashboard}");
+    assert!(!dashboard.contains("r2 silent") && !dashboard.contains("the spool is filling"));
+    assert!(get(&format!("{base}/"), Some(&admin))
+        .body
+        .contains("the spool is filling"));
+
+    let counters = get(
+        &format!("{base}/api/v1/counters?exporter=192.0.2.1&interface=1&from=-1h&to=%2B1m"),
+        Some(&viewer),
+    );
+    assert_eq!(counters.status, 200, "{}", counters.body);
+    let c = counters.json();
+    assert_eq!(c[0]["source"], "sflow", "{c}");
+    assert_eq!(c[0]["in_bps"], 20_000_000.0, "{c}");
+    assert_eq!(c[1]["source"], "snmp", "{c}");
+    assert_eq!(
+        (
+            c[1]["in_bps"].as_f64(),
+            c[1]["out_bps"].as_f64(),
+            c[1]["covered_secs"].as_f64()
+        ),
+        (Some(10_000_000.0), Some(2_000_000.0), Some(300.0))
+    );
+    let hidden = get(
+        &format!("{base}/api/v1/counters?exporter=192.0.2.2&interface=1&from=-1h"),
+        Some(&viewer),
+    );
+    assert!(
+        hidden.status == 403 || hidden.status == 404,
+        "{}",
+        hidden.status
+    );
+    let page = get(
+        &format!("{base}/interface?exporter=192.0.2.1&interface=1&from=-1h&to=%2B1m"),
+        Some(&viewer),
+    )
+    .body;
+    assert!(page.contains("Measured by the device"), "{page}");
+    assert!(
+        page.contains("<td>snmp</td><td>10.0 Mbit/s</td><td>2.0 Mbit/s</td>"),
+        "{page}"
+    );
+    let doc = get(&format!("{base}/api/v1/openapi.json"), None).json();
+    for p in ["/api/v1/alerts", "/api/v1/counters"] {
+        assert!(
+            doc["paths"][p]["get"].is_object(),
+            "{p} missing from the OpenAPI document"
+        );
+    }
 }

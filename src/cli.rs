@@ -309,6 +309,30 @@ pub struct GenArgs {
     pub expected: Option<PathBuf>,
 }
 
+/// `--now` (tests and replays) or the clock.
+fn now_arg(now: Option<&str>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    match now {
+        Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now"),
+        None => Ok(chrono::Utc::now()),
+    }
+}
+
+/// Run `job` on a migrated database connection, on a runtime of its own (the data
+/// tools are one-shot commands).
+fn with_database<T>(
+    url: &str,
+    job: impl AsyncFnOnce(&mut tokio_postgres::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut client = crate::db::connect(url).await?;
+            crate::db::migrate(&mut client).await?;
+            job(&mut client).await
+        })
+}
+
 pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
     match cli.command {
         CollectorCommand::Run(a) => {
@@ -375,10 +399,7 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
         }
         CollectorCommand::Rollup(a) => {
             let config = a.common.load()?;
-            let now = match &a.now {
-                Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now")?,
-                None => chrono::Utc::now(),
-            };
+            let now = now_arg(a.now.as_deref())?;
             let redo = match (&a.from, &a.to) {
                 (Some(f), Some(t)) => {
                     let from = crate::timespec::parse_time(f, now).context("--from")?;
@@ -397,19 +418,14 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                     .saturating_add(120),
                 stop_after_chunks: a.stop_after_chunks,
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let summary = rt.block_on(async {
-                let mut client = crate::db::connect(&config.database_url).await?;
-                crate::db::migrate(&mut client).await?;
+            let summary = with_database(&config.database_url, async |client| {
                 let settings = crate::rollup::Settings::resolve(
-                    &client,
+                    client,
                     &config.history,
                     config.collector.top_n,
                 )
                 .await?;
-                crate::rollup::rollup(&mut client, &settings, &options).await
+                crate::rollup::rollup(client, &settings, &options).await
             })?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -429,17 +445,9 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
         }
         CollectorCommand::Purge(a) => {
             let config = a.common.load()?;
-            let now = match &a.now {
-                Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now")?,
-                None => chrono::Utc::now(),
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let mut items = rt.block_on(async {
-                let mut client = crate::db::connect(&config.database_url).await?;
-                crate::db::migrate(&mut client).await?;
-                crate::rollup::purge(&mut client, &config.retention, now, a.dry_run).await
+            let now = now_arg(a.now.as_deref())?;
+            let mut items = with_database(&config.database_url, async |client| {
+                crate::rollup::purge(client, &config.retention, now, a.dry_run).await
             })?;
             // The archive's age and size caps, as the collector applies at each rotation
             // (here also while it is stopped).
@@ -523,17 +531,9 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
         }
         CollectorCommand::Alerts(a) => {
             let config = a.common.load()?;
-            let now = match &a.now {
-                Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now")?,
-                None => chrono::Utc::now(),
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let result = rt.block_on(async {
-                let mut client = crate::db::connect(&config.database_url).await?;
-                crate::db::migrate(&mut client).await?;
-                crate::alerts::evaluate(&mut client, &config, now, !a.no_mail).await
+            let now = now_arg(a.now.as_deref())?;
+            let result = with_database(&config.database_url, async |client| {
+                crate::alerts::evaluate(client, &config, now, !a.no_mail).await
             })?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
@@ -568,17 +568,9 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
         }
         CollectorCommand::Summary(a) => {
             let config = a.common.load()?;
-            let now = match &a.now {
-                Some(t) => crate::timespec::parse_time(t, chrono::Utc::now()).context("--now")?,
-                None => chrono::Utc::now(),
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let message = rt.block_on(async {
-                let mut client = crate::db::connect(&config.database_url).await?;
-                crate::db::migrate(&mut client).await?;
-                crate::alerts::daily_summary(&client, &config, now).await
+            let now = now_arg(a.now.as_deref())?;
+            let message = with_database(&config.database_url, async |client| {
+                crate::alerts::daily_summary(client, &config, now).await
             })?;
             if a.mail {
                 if !config.alerts.daily_summary {

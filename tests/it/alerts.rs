@@ -192,20 +192,7 @@ fn every_rule_fires_and_clears_once_with_one_mail_each() {
     assert_eq!(sink.mails().len(), 6);
 
     // Visible in status.
-    let status = Command::new(env!("CARGO_BIN_EXE_flowstage-setup"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--database", &url, "status", "--json"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let check = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "alerts")
-        .unwrap_or_else(|| panic!("no alerts check in {report}"))
-        .clone();
+    let check = support::status_check(&config, &url, "alerts");
     assert_eq!(check["level"], "warn");
     assert!(
         check["detail"].as_str().unwrap().starts_with("6 active: "),

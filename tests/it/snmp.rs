@@ -320,20 +320,7 @@ fn names_speeds_and_counters_from_a_real_agent_v2c_and_v3() {
         .to_string();
     assert!(err.contains("no answer from 127.0.0.1:"), "{err}");
     assert_eq!((names(), interfaces("127.0.0.2")), before, "names kept");
-    let status = Command::new(env!("CARGO_BIN_EXE_flowstage-setup"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--database", &url, "status", "--json"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let check = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "snmp")
-        .unwrap_or_else(|| panic!("no snmp check in {report}"))
-        .clone();
+    let check = support::status_check(&config, &url, "snmp");
     assert_eq!(check["level"], "warn", "{check}");
     let message = check["detail"].as_str().unwrap();
     assert!(

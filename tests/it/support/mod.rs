@@ -460,3 +460,21 @@ pub fn data_dir(name: &str) -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// One check of `flowstage-setup status --json` run with `config` against `database_url`.
+pub fn status_check(config: &Path, database_url: &str, name: &str) -> serde_json::Value {
+    let status = Command::new(env!("CARGO_BIN_EXE_flowstage-setup"))
+        .arg("--config")
+        .arg(config)
+        .args(["--database", database_url, "status", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {report}"))
+        .clone()
+}

@@ -101,13 +101,15 @@ CREATE TABLE exporter_health (
 CREATE INDEX exporter_health_minute ON exporter_health (minute);
 
 -- One row per alert episode: it starts when a rule's condition holds for a subject
--- and clears when it no longer does. Mail goes out once for each (the *_mailed_at
--- stamps), so a flapping evaluator cannot cause a storm.
+-- and clears once it has not held for the hold-down time since holding_at (the last
+-- evaluation that found it). Mail goes out once for each (the *_mailed_at stamps), and
+-- the hold-down keeps a flapping condition to one episode.
 CREATE TABLE alerts (
     id              bigserial PRIMARY KEY,
     rule            text NOT NULL,
     subject         text NOT NULL,
     started_at      timestamptz NOT NULL,
+    holding_at      timestamptz NOT NULL,
     cleared_at      timestamptz,
     value           double precision,
     message         text NOT NULL,

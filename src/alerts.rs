@@ -32,6 +32,8 @@ pub struct Alert {
     pub rule: String,
     pub subject: String,
     pub started_at: DateTime<Utc>,
+    /// The last evaluation that found the condition holding.
+    pub holding_at: DateTime<Utc>,
     pub cleared_at: Option<DateTime<Utc>>,
     pub value: Option<f64>,
     pub message: String,
@@ -264,13 +266,15 @@ fn alert_from(r: &tokio_postgres::Row) -> Alert {
         rule: r.get(1),
         subject: r.get(2),
         started_at: r.get(3),
-        cleared_at: r.get(4),
-        value: r.get(5),
-        message: r.get(6),
+        holding_at: r.get(4),
+        cleared_at: r.get(5),
+        value: r.get(6),
+        message: r.get(7),
     }
 }
 
-const ALERT_COLUMNS: &str = "id, rule, subject, started_at, cleared_at, value, message";
+const ALERT_COLUMNS: &str =
+    "id, rule, subject, started_at, holding_at, cleared_at, value, message";
 
 /// The alerts still active.
 pub async fn active(client: &Client) -> anyhow::Result<Vec<Alert>> {
@@ -344,8 +348,8 @@ pub async fn evaluate(
         {
             // Still holding: keep the latest value and message for the UI.
             tx.execute(
-                "UPDATE alerts SET value = $2, message = $3 WHERE id = $1",
-                &[&a.id, &c.value, &c.message],
+                "UPDATE alerts SET value = $2, message = $3, holding_at = $4 WHERE id = $1",
+                &[&a.id, &c.value, &c.message, &now],
             )
             .await?;
             continue;
@@ -353,19 +357,23 @@ pub async fn evaluate(
         let row = tx
             .query_one(
                 &format!(
-                    "INSERT INTO alerts (rule, subject, started_at, value, message)
-                     VALUES ($1, $2, $3, $4, $5) RETURNING {ALERT_COLUMNS}"
+                    "INSERT INTO alerts (rule, subject, started_at, holding_at, value, message)
+                     VALUES ($1, $2, $3, $3, $4, $5) RETURNING {ALERT_COLUMNS}"
                 ),
                 &[rule, &c.subject, &now, &c.value, &c.message],
             )
             .await?;
         result.fired.push(alert_from(&row));
     }
+    let hold_down = chrono::Duration::minutes(i64::from(config.alerts.clear_after_minutes));
+    let rules: Vec<&str> = config.alerts.rules.iter().map(|r| r.name.as_str()).collect();
     for a in &active_now {
         let still = holding
             .iter()
             .any(|(rule, c)| *rule == a.rule && c.subject == a.subject);
-        if !still {
+        // A rule taken out of the configuration clears its alerts at once.
+        let held_recently = a.holding_at + hold_down > now && rules.contains(&a.rule.as_str());
+        if !still && !held_recently {
             let row = tx
                 .query_one(
                     &format!(
@@ -410,7 +418,7 @@ async fn send_pending(client: &Client, config: &Config) -> anyhow::Result<(usize
     let mut errors = Vec::new();
     for r in &pending {
         let a = alert_from(r);
-        let start_pending: bool = r.get(7);
+        let start_pending: bool = r.get(8);
         // An episode that started and cleared before any mail went out still gets both,
         // in order.
         let mut events = Vec::new();

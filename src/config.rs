@@ -1250,6 +1250,9 @@ pub struct RawAlerts {
     /// Send through SMTP on this loopback address instead of `sendmail`, e.g.
     /// `127.0.0.1:25`. Default: none.
     pub smtp: Option<String>,
+    /// An alert clears only after its condition has not held for this many minutes,
+    /// so a flapping condition is one alert, not a mail every minute. Default 5.
+    pub clear_after_minutes: Option<u32>,
     /// The rules. Default: the five rules in docs/alerts.md.
     #[serde(rename = "rule")]
     pub rules: Option<Vec<RawAlertRule>>,
@@ -1274,6 +1277,7 @@ pub struct RawAlertRule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertsConfig {
     pub mail: bool,
+    pub clear_after_minutes: u32,
     pub daily_summary: bool,
     pub sendmail: PathBuf,
     pub smtp: Option<SocketAddr>,
@@ -1417,8 +1421,17 @@ fn validate_alerts(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
             rules
         }
     };
+    let clear_after_minutes = raw.clear_after_minutes.unwrap_or(5);
+    if clear_after_minutes > 1440 {
+        return Err(invalid(
+            "alerts.clear_after_minutes",
+            clear_after_minutes,
+            "expected 0 to 1440 minutes",
+        ));
+    }
     Ok(AlertsConfig {
         mail: raw.mail.unwrap_or(true),
+        clear_after_minutes,
         daily_summary: raw.daily_summary.unwrap_or(true),
         sendmail: raw
             .sendmail

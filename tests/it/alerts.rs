@@ -191,6 +191,15 @@ fn every_rule_fires_and_clears_once_with_one_mail_each() {
     assert_eq!(again["mails_sent"], 0);
     assert_eq!(sink.mails().len(), 6);
 
+    // Hold-down: conditions that stop holding (the spool emptied, the busy minutes
+    // left the window) keep their alerts for clear_after_minutes (default 5), so a
+    // flapping condition is one episode.
+    std::fs::rename(spool.join("000001.batch"), data.path().join("aside")).unwrap();
+    let (_, held) = alerts(&config, &url, "2026-06-01T12:03:00Z");
+    assert_eq!(held["cleared"], serde_json::json!([]), "{held}");
+    assert_eq!(names(&held["active"]), all);
+    std::fs::rename(data.path().join("aside"), spool.join("000001.batch")).unwrap();
+
     // Visible in status.
     let check = support::status_check(&config, &url, "alerts");
     assert_eq!(check["level"], "warn");
@@ -217,6 +226,7 @@ fn every_rule_fires_and_clears_once_with_one_mail_each() {
     let mails = sink.wait_for(12);
     assert_eq!(mails.len(), 12);
     let clears: Vec<String> = mails[6..].iter().map(|m| m.subject()).collect();
+    assert!(mails[6..].iter().all(|m| m.body().contains("after 40 min")), "{clears:?}");
     for a in &all {
         assert_eq!(
             clears

@@ -1219,10 +1219,10 @@ fn alerts_and_device_counters_are_shown_within_grants() {
         &db,
         "INSERT INTO exporters (address, name) VALUES ('192.0.2.1', 'r1'), ('192.0.2.2', 'r2');
          INSERT INTO interfaces (exporter_id, ifindex, name) SELECT id, 1, 'Gi0/1' FROM exporters;
-         INSERT INTO alerts (rule, subject, started_at, value, message) VALUES
-           ('flow loss', '192.0.2.1', now(), 9, 'loss on r1'),
-           ('exporter silent', '192.0.2.2', now(), 20, 'r2 silent'),
-           ('spool nearly full', 'spool', now(), 90, 'the spool is filling');
+         INSERT INTO alerts (rule, subject, started_at, holding_at, value, message) VALUES
+           ('flow loss', '192.0.2.1', now(), now(), 9, 'loss on r1'),
+           ('exporter silent', '192.0.2.2', now(), now(), 20, 'r2 silent'),
+           ('spool nearly full', 'spool', now(), now(), 90, 'the spool is filling');
          -- 10 Mbit/s in and 2 Mbit/s out over five minutes, by SNMP; sFlow: 20 Mbit/s in.
          INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
            SELECT now() - interval '10 minutes', id, 1, 'snmp', 300, 375000000, 75000000 FROM exporters WHERE name = 'r1';

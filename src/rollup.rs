@@ -859,6 +859,20 @@ async fn purge_locked(
         client
             .execute("DELETE FROM web_sessions WHERE expires_at < $1", &[&now])
             .await?;
+        // Exporter health and device counters are kept as long as five-minute
+        // buckets. Each exporter's newest health row stays, so an exporter silent for
+        // longer is still known to be silent.
+        let cutoff = now - chrono::Duration::days(i64::from(retention.five_minute_days));
+        client
+            .execute(
+                "DELETE FROM exporter_health h WHERE h.minute < $1
+                   AND h.minute < (SELECT max(x.minute) FROM exporter_health x WHERE x.exporter_id = h.exporter_id)",
+                &[&cutoff],
+            )
+            .await?;
+        client
+            .execute("DELETE FROM interface_counters WHERE time < $1", &[&cutoff])
+            .await?;
     }
     Ok(items)
 }

@@ -273,8 +273,7 @@ fn alert_from(r: &tokio_postgres::Row) -> Alert {
     }
 }
 
-const ALERT_COLUMNS: &str =
-    "id, rule, subject, started_at, holding_at, cleared_at, value, message";
+const ALERT_COLUMNS: &str = "id, rule, subject, started_at, holding_at, cleared_at, value, message";
 
 /// The alerts still active.
 pub async fn active(client: &Client) -> anyhow::Result<Vec<Alert>> {
@@ -366,7 +365,12 @@ pub async fn evaluate(
         result.fired.push(alert_from(&row));
     }
     let hold_down = chrono::Duration::minutes(i64::from(config.alerts.clear_after_minutes));
-    let rules: Vec<&str> = config.alerts.rules.iter().map(|r| r.name.as_str()).collect();
+    let rules: Vec<&str> = config
+        .alerts
+        .rules
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     for a in &active_now {
         let still = holding
             .iter()

@@ -226,7 +226,10 @@ fn every_rule_fires_and_clears_once_with_one_mail_each() {
     let mails = sink.wait_for(12);
     assert_eq!(mails.len(), 12);
     let clears: Vec<String> = mails[6..].iter().map(|m| m.subject()).collect();
-    assert!(mails[6..].iter().all(|m| m.body().contains("after 40 min")), "{clears:?}");
+    assert!(
+        mails[6..].iter().all(|m| m.body().contains("after 40 min")),
+        "{clears:?}"
+    );
     for a in &all {
         assert_eq!(
             clears
@@ -279,6 +282,29 @@ fn every_rule_fires_and_clears_once_with_one_mail_each() {
     assert!(body.contains("Traffic: 79.6 GiB in 12000 flows"), "{body}");
     assert!(body.contains("r1:1"), "{body}");
     assert!(body.contains("Alerts in these 24 hours: 6"), "{body}");
+
+    // Retention: old health rows go, each exporter's newest stays (still silent).
+    let purge = Command::new(support::collector_bin())
+        .args([
+            "purge",
+            "--database",
+            &url,
+            "--now",
+            "2026-08-01T00:00:00Z",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        purge.status.success(),
+        "{}",
+        String::from_utf8_lossy(&purge.stderr)
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT string_agg(to_char(minute AT TIME ZONE 'UTC', 'HH24:MI'), ' ' ORDER BY minute) FROM exporter_health"),
+        "12:39 12:39"
+    );
 }
 
 #[test]

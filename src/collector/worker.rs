@@ -120,6 +120,7 @@ fn protocol_of(datagram: &[u8]) -> Option<Protocol> {
         Some([0, 5]) => Some(Protocol::NetflowV5),
         Some([0, 9]) => Some(Protocol::NetflowV9),
         Some([0, 10]) => Some(Protocol::Ipfix),
+        Some([0, 0]) if datagram.get(..4) == Some(&[0, 0, 0, 5]) => Some(Protocol::Sflow),
         _ => None,
     }
 }

@@ -16,6 +16,7 @@ mod resilience;
 mod rollup;
 mod routers;
 mod setup;
+mod sflow;
 mod users;
 mod web;
 mod writer;

@@ -192,7 +192,7 @@ pub enum DecodeError {
     WithdrawnTemplate { template_id: u16 },
     #[error("template cache full ({max} templates); template {template_id} dropped")]
     TemplateCacheFull { template_id: u16, max: usize },
-    #[error("unknown sFlow version {0}")]
+    #[error("sFlow version {0} is not supported (only version 5 is)")]
     SflowVersion(u32),
     #[error("sFlow address type {address_type} is neither 1 (IPv4) nor 2 (IPv6)")]
     SflowAddressType { address_type: u32 },
@@ -325,8 +325,12 @@ pub fn decode_datagram_with_counters(
         5 => v5::decode(datagram, out),
         9 => v9::decode(decoder, exporter, now_ms, datagram, out),
         10 => ipfix::decode(decoder, exporter, now_ms, datagram, out),
-        // sFlow's version is a u32: its first u16 is 0.
-        0 => sflow::decode(now_ms, datagram, out, counters),
+        // sFlow's version is a u32: its first u16 is 0. Versions 2 and 4 are older sFlow.
+        0 => match be::u32_at(datagram, 0) {
+            Some(sflow::VERSION) => sflow::decode(now_ms, datagram, out, counters),
+            Some(v @ (2 | 4)) => Err(DecodeError::SflowVersion(v)),
+            _ => Err(DecodeError::UnknownVersion(0)),
+        },
         other => Err(DecodeError::UnknownVersion(other)),
     }
 }

@@ -989,7 +989,7 @@ mod tests {
         );
         assert_eq!(
             DecodeError::SflowVersion(4).to_string(),
-            "unknown sFlow version 4"
+            "sFlow version 4 is not supported (only version 5 is)"
         );
     }
 

@@ -201,6 +201,12 @@ pub struct RunArgs {
     /// UDP address to listen on (repeatable), replacing the configured ones.
     #[arg(long)]
     pub listen: Vec<String>,
+    /// UDP address to listen on for sFlow (repeatable), replacing the configured ones.
+    #[arg(long)]
+    pub sflow_listen: Vec<String>,
+    /// Open no sFlow sockets (collector.sflow_listen = []).
+    #[arg(long, conflicts_with = "sflow_listen")]
+    pub no_sflow: bool,
     /// Data directory (spool, archive).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -344,6 +350,16 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                     .iter()
                     .map(|s| crate::collector::parse_listen(s))
                     .collect::<Result<_, _>>()?;
+            }
+            if !a.sflow_listen.is_empty() {
+                c.sflow_listen = a
+                    .sflow_listen
+                    .iter()
+                    .map(|s| crate::collector::parse_listen(s))
+                    .collect::<Result<_, _>>()?;
+            }
+            if a.no_sflow {
+                c.sflow_listen.clear();
             }
             if let Some(d) = a.data_dir {
                 c.data_dir = d;

@@ -242,6 +242,10 @@ pub struct RawWeb {
 pub struct RawCollector {
     /// UDP listen addresses. Default `["0.0.0.0:2055", "[::]:2055"]`.
     pub listen: Option<Vec<String>>,
+    /// UDP listen addresses for sFlow v5 agents (switches). Default
+    /// `["0.0.0.0:6343", "[::]:6343"]`; `[]` turns sFlow off. The same decoders serve
+    /// every port, so this only adds sockets.
+    pub sflow_listen: Option<Vec<String>>,
     /// Spool and archive directory. Default `/var/lib/flowstage`.
     pub data_dir: Option<PathBuf>,
     /// Prometheus metrics listener, e.g. `127.0.0.1:9655`. Default: off.
@@ -432,6 +436,8 @@ pub const DEFAULT_TIME_SERVERS: [&str; 4] = [
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {
     pub listen: Vec<SocketAddr>,
+    /// sFlow sockets; may be empty.
+    pub sflow_listen: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub top_n: usize,
@@ -487,13 +493,13 @@ pub fn redact_url(url: &str) -> String {
         .join(" ")
 }
 
-fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse::<SocketAddr>()
         .ok()
         .filter(|a| a.port() != 0)
         .ok_or_else(|| {
             invalid(
-                "collector.listen",
+                key,
                 s,
                 "expected ADDRESS:PORT with a port from 1 to 65535, e.g. 0.0.0.0:2055 or [::]:2055",
             )
@@ -549,10 +555,32 @@ impl RawConfig {
         let listen = match c.listen {
             Some(list) => list
                 .iter()
-                .map(|s| parse_listen(s))
+                .map(|s| parse_listen("collector.listen", s))
                 .collect::<Result<Vec<_>, _>>()?,
-            None => vec![parse_listen("0.0.0.0:2055")?, parse_listen("[::]:2055")?],
+            None => vec![
+                parse_listen("collector.listen", "0.0.0.0:2055")?,
+                parse_listen("collector.listen", "[::]:2055")?,
+            ],
         };
+        let sflow_listen = match c.sflow_listen {
+            Some(list) => list
+                .iter()
+                .map(|s| parse_listen("collector.sflow_listen", s))
+                .collect::<Result<Vec<_>, _>>()?,
+            // A NetFlow socket on 6343 already receives sFlow too.
+            None => ["0.0.0.0:6343", "[::]:6343"]
+                .iter()
+                .map(|s| parse_listen("collector.sflow_listen", s))
+                .filter(|a| a.as_ref().map_or(true, |a| !listen.contains(a)))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if let Some(clash) = sflow_listen.iter().find(|a| listen.contains(a)) {
+            return Err(invalid(
+                "collector.sflow_listen",
+                clash,
+                "is also in collector.listen; one socket serves both (the decoders tell the protocols apart), so leave it in one list",
+            ));
+        }
         if listen.is_empty() {
             return Err(invalid(
                 "collector.listen",
@@ -733,6 +761,7 @@ impl RawConfig {
             database_url: configured_url.clone(),
             collector: CollectorConfig {
                 listen,
+                sflow_listen,
                 data_dir,
                 metrics,
                 top_n,
@@ -1492,6 +1521,46 @@ mod tests {
         let err = raw.validate().unwrap_err().to_string();
         assert!(
             err.contains("collector.listen") && err.contains("1.2.3.4:99999"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sflow_listens_on_6343_unless_told_otherwise() {
+        let config = |text: &str| {
+            RawConfig::from_toml(text, Path::new("x"))
+                .unwrap()
+                .validate()
+        };
+        let default = config("").unwrap();
+        assert_eq!(
+            default.collector.sflow_listen,
+            vec![
+                "0.0.0.0:6343".parse::<SocketAddr>().unwrap(),
+                "[::]:6343".parse().unwrap()
+            ]
+        );
+        let off = config("[collector]\nsflow_listen = []\n").unwrap();
+        assert!(off.collector.sflow_listen.is_empty());
+        // NetFlow already on 6343: that socket takes sFlow too.
+        let shared = config("[collector]\nlisten = [\"0.0.0.0:6343\"]\n").unwrap();
+        assert_eq!(
+            shared.collector.sflow_listen,
+            vec!["[::]:6343".parse::<SocketAddr>().unwrap()]
+        );
+        let err = config("[collector]\nsflow_listen = [\"6343\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("collector.sflow_listen") && err.contains("\"6343\""),
+            "{err}"
+        );
+        let err =
+            config("[collector]\nlisten = [\"127.0.0.1:9\"]\nsflow_listen = [\"127.0.0.1:9\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("collector.sflow_listen") && err.contains("127.0.0.1:9"),
             "{err}"
         );
     }

@@ -1,6 +1,8 @@
 //! Encoders that turn [`FlowRecord`]s into NetFlow v5, v9 and IPFIX datagrams, as an
 //! exporter would. The traffic generator, the tests and the benchmarks use them; they
-//! are the mirror image of [`crate::decode`].
+//! are the mirror image of [`crate::decode`]. sFlow has its own module, [`sflow`].
+
+pub mod sflow;
 
 use std::net::IpAddr;
 

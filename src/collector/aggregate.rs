@@ -447,11 +447,20 @@ impl Aggregator {
         self.keys = keys;
         self.slab = slab;
         buckets.sort_by_key(|b| (b.minute, b.exporter, b.ifindex, b.direction));
+        let mut batch = self.empty_batch();
+        batch.buckets = buckets;
+        Some(batch)
+    }
+
+    /// A batch with a new id and nothing in it yet (for rows that wait for no minute to
+    /// end, such as sFlow counters).
+    pub fn empty_batch(&mut self) -> Batch {
         self.batch_seq += 1;
-        Some(Batch {
+        Batch {
             id: format!("{}-{}", self.batch_prefix, self.batch_seq),
-            buckets,
-        })
+            buckets: Vec::new(),
+            counters: Vec::new(),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! A batch of finished minute buckets: the unit that is written to PostgreSQL in one
-//! transaction, spooled to disk while the database is away, and recorded by id so that
-//! it is never counted twice.
+//! A batch of finished minute buckets (and of sFlow interface counter rows): the unit
+//! that is written to PostgreSQL in one transaction, spooled to disk while the database
+//! is away, and recorded by id so that it is never counted twice.
 
 use std::net::IpAddr;
 
@@ -75,11 +75,43 @@ pub struct Bucket {
     pub dimensions: Vec<DimensionRows>,
 }
 
+/// One sFlow counter sample of one interface, as the writer stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterRow {
+    /// When the sample arrived, Unix ms; the delta covers the interval before it.
+    pub time_ms: i64,
+    pub exporter: IpAddr,
+    pub ifindex: u32,
+    /// ifSpeed; 0 when the agent does not know it.
+    pub speed_bps: u64,
+    pub oper_up: bool,
+    /// `None` for an interface's first sample and after a counter reset: the interface
+    /// (speed, status) is recorded, no traffic.
+    pub delta: Option<CounterDelta>,
+}
+
+/// Counter increments since the interface's previous sample. Packet and error counts
+/// are `None` when the agent does not have them (it sends all ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterDelta {
+    pub interval_ms: u64,
+    pub in_octets: u64,
+    pub out_octets: u64,
+    /// Unicast + multicast + broadcast.
+    pub in_packets: Option<u64>,
+    pub out_packets: Option<u64>,
+    pub in_errors: Option<u64>,
+    pub out_errors: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// Unique forever: `<collector instance>-<worker>-<sequence>`.
     pub id: String,
     pub buckets: Vec<Bucket>,
+    /// sFlow interface counters; absent in batches spooled before sFlow was decoded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<CounterRow>,
 }
 
 impl Batch {
@@ -97,6 +129,7 @@ impl Batch {
         self.buckets
             .iter()
             .map(|b| b.totals.len() + b.dimensions.iter().map(|d| d.rows.len()).sum::<usize>())
-            .sum()
+            .sum::<usize>()
+            + self.counters.len()
     }
 }

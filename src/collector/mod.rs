@@ -62,23 +62,33 @@ impl Observed {
 pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let c = &config.collector;
     let mut sockets = Vec::new();
-    for addr in &c.listen {
-        let (socket, buffer) = match receive::bind(*addr, c.receive_buffer_bytes) {
-            Ok(bound) => bound,
-            // A host with IPv6 disabled still collects IPv4 with the default listen list.
-            Err(e)
-                if addr.is_ipv6()
-                    && c.listen.iter().any(|a| a.is_ipv4())
-                    && receive::is_unsupported(&e) =>
-            {
-                tracing::warn!(listen = %addr, "IPv6 is not available on this host; not listening there");
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let local = socket.local_addr()?;
-        tracing::info!(listen = %local, receive_buffer = buffer, "listening for NetFlow v5/v9 and IPFIX");
-        sockets.push(socket);
+    // A NetFlow socket receives sFlow too (the decoders tell the protocols apart), so an
+    // sFlow address that is also a NetFlow one is bound once.
+    let sflow: Vec<SocketAddr> = c
+        .sflow_listen
+        .iter()
+        .filter(|a| !c.listen.contains(a))
+        .copied()
+        .collect();
+    for (list, what) in [(&c.listen, "NetFlow v5/v9 and IPFIX"), (&sflow, "sFlow v5")] {
+        for addr in list {
+            let (socket, buffer) = match receive::bind(*addr, c.receive_buffer_bytes) {
+                Ok(bound) => bound,
+                // A host with IPv6 disabled still collects IPv4 with the default lists.
+                Err(e)
+                    if addr.is_ipv6()
+                        && list.iter().any(|a| a.is_ipv4())
+                        && receive::is_unsupported(&e) =>
+                {
+                    tracing::warn!(listen = %addr, "IPv6 is not available on this host; not listening there");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let local = socket.local_addr()?;
+            tracing::info!(listen = %local, receive_buffer = buffer, "listening for {what}");
+            sockets.push(socket);
+        }
     }
     let ports: Vec<u16> = sockets
         .iter()

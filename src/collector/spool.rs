@@ -150,6 +150,7 @@ mod tests {
                 )],
                 dimensions: Vec::new(),
             }],
+            counters: Vec::new(),
         }
     }
 

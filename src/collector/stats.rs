@@ -54,7 +54,7 @@ pub fn stats_for(
 }
 
 /// Sequence-number gap tracking in the protocol's unit (v5 flows, v9 packets, IPFIX
-/// data records).
+/// data records, sFlow datagrams per agent and sub-agent).
 #[derive(Debug, Clone, Default)]
 pub struct SequenceTracker {
     expected: Option<u32>,
@@ -144,11 +144,11 @@ impl ExporterStats {
         self.last_seen_ms = now_ms;
     }
 
-    /// Lost flows estimated from sequence gaps; v9 counts packets, so they are scaled by
-    /// the exporter's average flows per packet.
+    /// Lost flows estimated from sequence gaps; v9 and sFlow count datagrams, so they are
+    /// scaled by the exporter's average flows (flow samples) per datagram.
     pub fn lost_flows(&self, protocol: Option<Protocol>) -> u64 {
         match protocol {
-            Some(Protocol::NetflowV9) if self.packets > 0 => {
+            Some(Protocol::NetflowV9 | Protocol::Sflow) if self.packets > 0 => {
                 self.sequence.lost_units.saturating_mul(self.flows) / self.packets
             }
             _ => self.sequence.lost_units,

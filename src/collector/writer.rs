@@ -1,5 +1,6 @@
 //! The database writer: takes finished batches, writes each in one transaction with
-//! COPY, and records its id so a replay or retry is a no-op. While PostgreSQL is
+//! COPY (sFlow interface counters with `INSERT ... ON CONFLICT DO NOTHING`), and records
+//! its id so a replay or retry is a no-op. While PostgreSQL is
 //! unreachable, batches go to the [`Spool`] and are replayed in order when it is back.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -15,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_postgres::{Client, Transaction};
 
-use super::batch::{Batch, Dimension, Key};
+use super::batch::{Batch, CounterRow, Dimension, Key};
 use super::spool::{Spool, SpoolOutcome};
 use super::stats::GlobalStats;
 use crate::config::ExporterConfig;
@@ -392,6 +393,7 @@ impl Writer {
             ids.insert(addr, id);
         }
         copy_batch(&tx, batch, &ids).await?;
+        write_counters(&tx, &batch.counters).await?;
         // Minutes that arrive after their hour was rolled up mark it for recomputation.
         if let (Some(first), Some(last)) = (
             batch.buckets.iter().map(|b| b.minute).min(),
@@ -428,6 +430,113 @@ fn is_data_error(e: &anyhow::Error) -> bool {
 /// making PostgreSQL refuse the whole batch.
 fn db(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// sFlow counter rows: the agent is registered as an exporter and each interface with
+/// its measured speed and status (a measured speed replaces a configured one, as
+/// `flowstage_apply_names` does), and the deltas go to `interface_counters`.
+async fn write_counters(tx: &Transaction<'_>, rows: &[CounterRow]) -> anyhow::Result<()> {
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).context("counter sample time out of range")
+    };
+    let mut by_exporter: BTreeMap<IpAddr, Vec<&CounterRow>> = BTreeMap::new();
+    for r in rows {
+        by_exporter.entry(r.exporter).or_default().push(r);
+    }
+    for (addr, rows) in by_exporter {
+        let first = time(rows.iter().map(|r| r.time_ms).min().unwrap_or_default())?;
+        let last = time(rows.iter().map(|r| r.time_ms).max().unwrap_or_default())?;
+        let id: i32 = tx
+            .query_one(
+                "INSERT INTO exporters (address, first_seen, last_seen) VALUES ($1, $2, $3)
+                 ON CONFLICT (address) DO UPDATE SET
+                     first_seen = least(exporters.first_seen, EXCLUDED.first_seen),
+                     last_seen = greatest(exporters.last_seen, EXCLUDED.last_seen)
+                 RETURNING id",
+                &[&addr, &first, &last],
+            )
+            .await?
+            .get(0);
+        // The latest sample of each interface says its speed and status.
+        let mut latest: BTreeMap<u32, (&CounterRow, i64)> = BTreeMap::new();
+        for r in &rows {
+            let e = latest.entry(r.ifindex).or_insert((r, r.time_ms));
+            e.1 = e.1.min(r.time_ms);
+            if r.time_ms >= e.0.time_ms {
+                e.0 = r;
+            }
+        }
+        let status = |up: bool| if up { 1i16 } else { 2 };
+        let speed = |bps: u64| (bps > 0 && bps < u64::MAX).then(|| db(bps));
+        let ifindexes: Vec<i64> = latest.keys().map(|&i| i64::from(i)).collect();
+        let firsts = latest
+            .values()
+            .map(|(_, f)| time(*f))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let lasts = latest
+            .values()
+            .map(|(r, _)| time(r.time_ms))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let speeds: Vec<Option<i64>> = latest.values().map(|(r, _)| speed(r.speed_bps)).collect();
+        let statuses: Vec<i16> = latest.values().map(|(r, _)| status(r.oper_up)).collect();
+        tx.execute(
+            "INSERT INTO interfaces (exporter_id, ifindex, first_seen, last_seen, measured_speed_bps, speed_bps, oper_status)
+             SELECT $1, i, f, l, s, s, o FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::smallint[]) AS u(i, f, l, s, o)
+             ON CONFLICT (exporter_id, ifindex) DO UPDATE SET
+                 first_seen = least(interfaces.first_seen, EXCLUDED.first_seen),
+                 last_seen = greatest(interfaces.last_seen, EXCLUDED.last_seen),
+                 measured_speed_bps = coalesce(EXCLUDED.measured_speed_bps, interfaces.measured_speed_bps),
+                 speed_bps = coalesce(EXCLUDED.measured_speed_bps, interfaces.speed_bps),
+                 oper_status = EXCLUDED.oper_status",
+            &[&id, &ifindexes, &firsts, &lasts, &speeds, &statuses],
+        )
+        .await?;
+
+        let deltas: Vec<(&CounterRow, _)> = rows
+            .iter()
+            .filter_map(|r| r.delta.map(|d| (*r, d)))
+            .collect();
+        if deltas.is_empty() {
+            continue;
+        }
+        let times = deltas
+            .iter()
+            .map(|(r, _)| time(r.time_ms))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let col = |f: &dyn Fn(&super::batch::CounterDelta) -> Option<u64>| -> Vec<Option<i64>> {
+            deltas.iter().map(|(_, d)| f(d).map(db)).collect()
+        };
+        let ifs: Vec<i64> = deltas.iter().map(|(r, _)| i64::from(r.ifindex)).collect();
+        let secs: Vec<f64> = deltas
+            .iter()
+            .map(|(_, d)| d.interval_ms as f64 / 1000.0)
+            .collect();
+        let statuses: Vec<i16> = deltas.iter().map(|(r, _)| status(r.oper_up)).collect();
+        tx.execute(
+            "INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets,
+                                             in_packets, out_packets, in_errors, out_errors, oper_status)
+             SELECT t, $1, i, 'sflow', s, io, oo, ip, op, ie, oe, st
+             FROM unnest($2::timestamptz[], $3::bigint[], $4::float8[], $5::bigint[], $6::bigint[],
+                         $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::smallint[])
+                  AS u(t, i, s, io, oo, ip, op, ie, oe, st)
+             ON CONFLICT DO NOTHING",
+            &[
+                &id,
+                &times,
+                &ifs,
+                &secs,
+                &col(&|d| Some(d.in_octets)),
+                &col(&|d| Some(d.out_octets)),
+                &col(&|d| d.in_packets),
+                &col(&|d| d.out_packets),
+                &col(&|d| d.in_errors),
+                &col(&|d| d.out_errors),
+                &statuses,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// COPY text of every table for one batch.

@@ -1,5 +1,6 @@
-//! Flow export decoding: NetFlow v5, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011/7012)
-//! datagrams into normalised [`FlowRecord`]s.
+//! Flow export decoding: NetFlow v5, NetFlow v9 (RFC 3954), IPFIX (RFC 7011/7012) and
+//! sFlow v5 datagrams into normalised [`FlowRecord`]s (and sFlow's interface counters
+//! into [`InterfaceCounters`]).
 //!
 //! Everything here is pure: no I/O, no clocks (the caller passes `now`), no panics and
 //! no unbounded allocation. Every length read from a datagram is treated as hostile.
@@ -9,6 +10,7 @@
 mod fields;
 mod ipfix;
 mod plan;
+mod sflow;
 mod state;
 mod v5;
 mod v9;
@@ -16,6 +18,7 @@ mod v9;
 use std::net::{IpAddr, Ipv4Addr};
 
 pub use plan::MAX_TEMPLATE_FIELDS;
+pub use sflow::InterfaceCounters;
 pub use state::{Decoder, ExpiredPending, Limits, ScopeKey};
 pub use v5::sampling_rate as v5_sampling_rate;
 
@@ -107,6 +110,7 @@ pub enum Protocol {
     NetflowV5,
     NetflowV9,
     Ipfix,
+    Sflow,
 }
 
 impl Protocol {
@@ -115,6 +119,7 @@ impl Protocol {
             Protocol::NetflowV5 => "v5",
             Protocol::NetflowV9 => "v9",
             Protocol::Ipfix => "ipfix",
+            Protocol::Sflow => "sflow",
         }
     }
 }
@@ -123,11 +128,12 @@ impl Protocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketSummary {
     pub protocol: Protocol,
-    /// v5: engine type << 8 | engine id; v9: source id; IPFIX: observation domain.
+    /// v5: engine type << 8 | engine id; v9: source id; IPFIX: observation domain;
+    /// sFlow: sub-agent id.
     pub source_id: u32,
     pub sequence: u32,
     /// How far the next datagram's sequence number should advance, in the protocol's
-    /// own unit (v5 flows, v9 packets, IPFIX data records); `None` when not known
+    /// own unit (v5 flows, v9 and sFlow datagrams, IPFIX data records); `None` when not known
     /// (IPFIX data held for a missing template, or a data set that failed to decode).
     pub sequence_advance: Option<u32>,
     /// Exporter uptime in ms where the header carries it (restart detection).
@@ -186,6 +192,40 @@ pub enum DecodeError {
     WithdrawnTemplate { template_id: u16 },
     #[error("template cache full ({max} templates); template {template_id} dropped")]
     TemplateCacheFull { template_id: u16, max: usize },
+    #[error("sFlow version {0} is not supported (only version 5 is)")]
+    SflowVersion(u32),
+    #[error("sFlow address type {address_type} is neither 1 (IPv4) nor 2 (IPv6)")]
+    SflowAddressType { address_type: u32 },
+    #[error("sFlow datagram announces {count} samples but holds only {found}")]
+    SflowSampleCount { count: u32, found: u32 },
+    #[error(
+        "sFlow sample {index} (format {format}) has length {length}, but {remaining} bytes remain"
+    )]
+    SflowSampleLength {
+        index: u32,
+        format: u32,
+        length: u32,
+        remaining: usize,
+    },
+    #[error("sFlow sample format {format} of {length} bytes is too short for its fields")]
+    SflowSampleShort { format: u32, length: usize },
+    #[error(
+        "sFlow sample format {sample_format} announces {count} records but holds only {found}"
+    )]
+    SflowRecordCount {
+        sample_format: u32,
+        count: u32,
+        found: u32,
+    },
+    #[error("sFlow record format {format} in sample format {sample_format} has length {length}, but {remaining} bytes remain")]
+    SflowRecordLength {
+        sample_format: u32,
+        format: u32,
+        length: u32,
+        remaining: usize,
+    },
+    #[error("sFlow record format {format} of {length} bytes is too short for its fields")]
+    SflowRecordShort { format: u32, length: usize },
 }
 
 impl DecodeError {
@@ -207,6 +247,14 @@ impl DecodeError {
             DecodeError::VariableLengthOverrun { .. } => "varlen_overrun",
             DecodeError::WithdrawnTemplate { .. } => "withdrawn_template",
             DecodeError::TemplateCacheFull { .. } => "template_cache_full",
+            DecodeError::SflowVersion(_) => "unknown_version",
+            DecodeError::SflowAddressType { .. } => "sflow_address_type",
+            DecodeError::SflowSampleCount { .. } => "sflow_sample_count",
+            DecodeError::SflowSampleLength { .. } => "sflow_sample_length",
+            DecodeError::SflowSampleShort { .. } => "sflow_sample_short",
+            DecodeError::SflowRecordCount { .. } => "sflow_record_count",
+            DecodeError::SflowRecordLength { .. } => "sflow_record_length",
+            DecodeError::SflowRecordShort { .. } => "sflow_record_short",
         }
     }
 }
@@ -245,14 +293,28 @@ pub(crate) mod be {
 }
 
 /// Decode one datagram from `exporter`. `now_ms` is the receive time (Unix ms), used for
-/// ageing held data; `out` receives the records. On `Err` nothing was appended and no
-/// template state changed.
+/// ageing held data and as the time of sFlow samples; `out` receives the records. On
+/// `Err` nothing was appended and no template state changed. sFlow interface counters
+/// are dropped; see [`decode_datagram_with_counters`].
 pub fn decode_datagram(
     decoder: &mut Decoder,
     exporter: IpAddr,
     now_ms: i64,
     datagram: &[u8],
     out: &mut Vec<FlowRecord>,
+) -> Result<PacketSummary, DecodeError> {
+    decode_datagram_with_counters(decoder, exporter, now_ms, datagram, out, &mut Vec::new())
+}
+
+/// [`decode_datagram`], and sFlow counter samples' generic interface counters appended
+/// to `counters` (on `Err`, nothing was appended there either).
+pub fn decode_datagram_with_counters(
+    decoder: &mut Decoder,
+    exporter: IpAddr,
+    now_ms: i64,
+    datagram: &[u8],
+    out: &mut Vec<FlowRecord>,
+    counters: &mut Vec<InterfaceCounters>,
 ) -> Result<PacketSummary, DecodeError> {
     let version = be::u16_at(datagram, 0).ok_or(DecodeError::TruncatedHeader {
         what: "version",
@@ -263,6 +325,12 @@ pub fn decode_datagram(
         5 => v5::decode(datagram, out),
         9 => v9::decode(decoder, exporter, now_ms, datagram, out),
         10 => ipfix::decode(decoder, exporter, now_ms, datagram, out),
+        // sFlow's version is a u32: its first u16 is 0. Versions 2 and 4 are older sFlow.
+        0 => match be::u32_at(datagram, 0) {
+            Some(sflow::VERSION) => sflow::decode(now_ms, datagram, out, counters),
+            Some(v @ (2 | 4)) => Err(DecodeError::SflowVersion(v)),
+            _ => Err(DecodeError::UnknownVersion(0)),
+        },
         other => Err(DecodeError::UnknownVersion(other)),
     }
 }

@@ -298,7 +298,12 @@ pub fn run(host: &Host, config: &Config, opts: PreflightOptions) -> Vec<Check> {
             Check::fail(name, text)
         });
     }
-    for addr in &config.collector.listen {
+    for addr in config
+        .collector
+        .listen
+        .iter()
+        .chain(&config.collector.sflow_listen)
+    {
         checks.push(port_check("port udp", *addr, true));
     }
     checks.push(port_check("port tcp", config.web.listen, false));

@@ -285,7 +285,12 @@ impl Renderer {
                 crate::config::TlsMode::Files { key, .. } => key.display().to_string(),
                 _ => String::new(),
             },
-            collector_privileged_port: config.collector.listen.iter().any(|a| a.port() < 1024),
+            collector_privileged_port: config
+                .collector
+                .listen
+                .iter()
+                .chain(&config.collector.sflow_listen)
+                .any(|a| a.port() < 1024),
             collector_listen: config
                 .collector
                 .listen

@@ -11,6 +11,9 @@
 //! record itself, the exporter's options data or the v5 header) and the header
 //! sequence number of every datagram.
 //!
+//! The sFlow captures are compared sample by sample the same way (`run_sflow`): every
+//! flow sample tshark shows, with its raw packet header dissected, against our record.
+//!
 //! When the capture directory or tshark is missing, each test says so on stderr and
 //! passes.
 
@@ -980,4 +983,393 @@ fn ipfix_ipfixprobe() {
         sampled: false,
         min_records: 1,
     });
+}
+
+// ---------------------------------------------------------------------------------
+// sFlow v5: every flow sample tshark shows, compared with our record for it.
+
+/// tshark's JSON with the order of keys and repeated keys kept (a sample's records, and
+/// the samples of a datagram, are keyed by name and may repeat).
+#[derive(Debug)]
+enum Node {
+    Str(String),
+    List(Vec<Node>),
+    Obj(Vec<(String, Node)>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tshark JSON")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Node, E> {
+                Ok(Node::Str(s.to_string()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut v = Vec::new();
+                while let Some(n) = a.next_element()? {
+                    v.push(n);
+                }
+                Ok(Node::List(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, n)) = a.next_entry::<String, Node>()? {
+                    v.push((k, n));
+                }
+                Ok(Node::Obj(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Node {
+    fn entries(&self) -> &[(String, Node)] {
+        match self {
+            Node::Obj(v) => v,
+            _ => &[],
+        }
+    }
+    /// The first direct child named `key`.
+    fn child(&self, key: &str) -> Option<&Node> {
+        self.entries()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, n)| n)
+    }
+    fn str(&self, key: &str) -> Option<&str> {
+        match self.child(key)? {
+            Node::Str(s) => Some(s),
+            Node::List(l) => l.iter().find_map(|n| match n {
+                Node::Str(s) => Some(s.as_str()),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+    fn num(&self, key: &str) -> Option<u64> {
+        self.str(key).map(num)
+    }
+    /// Every string value of `key`, anywhere below this node, in order.
+    fn all(&self, key: &str, out: &mut Vec<String>) {
+        for (k, n) in self.entries() {
+            match n {
+                Node::Str(s) if k == key => out.push(s.clone()),
+                Node::List(l) if k == key => out.extend(l.iter().filter_map(|n| match n {
+                    Node::Str(s) => Some(s.clone()),
+                    _ => None,
+                })),
+                Node::Obj(_) => n.all(key, out),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What tshark says one flow sample should become, as our record's fields.
+fn tshark_sflow_record(sample: &Node, what: &str) -> FlowRecord {
+    let expanded = sample.num("sflow_245.sampletype") == Some(3);
+    let fs = |k: &str| {
+        sample
+            .num(&format!("sflow.flow_sample.{k}"))
+            .unwrap_or_else(|| panic!("{what}: tshark shows no sflow.flow_sample.{k}"))
+    };
+    // Our rules on tshark's values: only interface format 0 names an interface, and
+    // 0x3fffffff ("the agent itself") is no interface.
+    let iface = |format: u64, value: u64| {
+        if format != 0 || value == 0x3fff_ffff {
+            0
+        } else {
+            value as u32
+        }
+    };
+    let (input_if, output_if) = if expanded {
+        (
+            iface(fs("input_interface_format"), fs("input_interface_value")),
+            iface(fs("output_interface.format"), fs("output_interface_value")),
+        )
+    } else {
+        let out = sample
+            .child("sflow.flow_sample.output_interface_tree")
+            .unwrap_or_else(|| panic!("{what}: no output interface tree"));
+        (
+            iface(0, fs("input_interface")),
+            iface(
+                out.num("sflow.flow_sample.output_interface_format")
+                    .unwrap(),
+                out.num("sflow.flow_sample.output_interface_value").unwrap(),
+            ),
+        )
+    };
+    let mut r = FlowRecord {
+        input_if,
+        output_if,
+        packets: 1,
+        sampling_rate: fs("sampling_rate").max(1) as u32,
+        ..FlowRecord::default()
+    };
+    let vlan = |v: Option<u64>| v.filter(|v| *v <= 4095).map(|v| v as u16);
+    let mut switch = None;
+    let mut router_hop = None;
+    let mut gateway_hop = None;
+    let hop = |s: Option<&str>| {
+        s.map(|s| s.parse::<IpAddr>().unwrap())
+            .filter(|a| !a.is_unspecified())
+    };
+    let mut headers = 0;
+    for (name, rec) in sample.entries() {
+        match name.as_str() {
+            "Raw packet header" => {
+                headers += 1;
+                r.bytes = rec.num("sflow_245.header.frame_length").unwrap();
+                let Some(tree) = rec.child("sflow_245.header_tree") else {
+                    continue;
+                };
+                if let Some(v) = tree.child("vlan") {
+                    r.src_vlan = v.num("vlan.id").map(|v| v as u16);
+                }
+                if let Some(ip) = tree.child("ip") {
+                    r.src_addr = ip.str("ip.src").unwrap().parse().unwrap();
+                    r.dst_addr = ip.str("ip.dst").unwrap().parse().unwrap();
+                    r.proto = ip.num("ip.proto").unwrap() as u8;
+                    r.tos = ip.num("ip.dsfield").unwrap() as u8;
+                } else if let Some(ip) = tree.child("ipv6") {
+                    r.src_addr = ip.str("ipv6.src").unwrap().parse().unwrap();
+                    r.dst_addr = ip.str("ipv6.dst").unwrap().parse().unwrap();
+                    r.proto = ip.num("ipv6.nxt").unwrap() as u8;
+                    r.tos = ip.num("ipv6.tclass").unwrap() as u8;
+                }
+                for l4 in ["tcp", "udp"] {
+                    if let Some(t) = tree.child(l4) {
+                        r.src_port = t.num(&format!("{l4}.srcport")).unwrap() as u16;
+                        r.dst_port = t.num(&format!("{l4}.dstport")).unwrap() as u16;
+                        if l4 == "tcp" {
+                            r.tcp_flags = (t.num("tcp.flags").unwrap() & 0xff) as u8;
+                        }
+                    }
+                }
+                for icmp in ["icmp", "icmpv6"] {
+                    if let Some(t) = tree.child(icmp) {
+                        let ty = t.num(&format!("{icmp}.type")).unwrap();
+                        let code = t.num(&format!("{icmp}.code")).unwrap();
+                        r.icmp_type_code = Some((ty << 8 | code) as u16);
+                    }
+                }
+            }
+            "Extended switch data" => {
+                switch = Some((
+                    vlan(rec.num("sflow_245.vlan.in")),
+                    vlan(rec.num("sflow_245.vlan.out")),
+                ));
+            }
+            "Extended router data" => {
+                router_hop = hop(rec.str("sflow_245.nexthop"));
+                r.src_mask = rec.num("sflow_245.nexthop.src_mask").unwrap() as u8;
+                r.dst_mask = rec.num("sflow_245.nexthop.dst_mask").unwrap() as u8;
+            }
+            "Extended gateway data" => {
+                gateway_hop = hop(rec.str("sflow_245.nexthop"));
+                r.src_as = rec.num("sflow_245.srcAS").unwrap() as u32;
+                // The path is in the AS-type trees; the communities (which tshark
+                // also labels dstAS) are not.
+                let mut path = Vec::new();
+                for (k, n) in rec.entries() {
+                    if k == "sflow.as_type_tree" {
+                        n.all("sflow_245.dstAS", &mut path);
+                    }
+                }
+                r.dst_as = path.last().map_or(0, |s| num(s) as u32);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(headers, 1, "{what}: raw packet headers");
+    if let Some((src, dst)) = switch {
+        r.src_vlan = src.or(r.src_vlan);
+        r.dst_vlan = dst;
+    }
+    r.next_hop = router_hop.or(gateway_hop);
+    r
+}
+
+fn run_sflow(name: &str, file: &str, min_records: usize) {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping {name}: {reason}");
+        return;
+    }
+    let path = captures_dir().join(file);
+    let bytes = std::fs::read(&path).unwrap();
+    let frames = pcap::udp_datagrams(&bytes).unwrap();
+    assert!(!frames.is_empty(), "{name}: no frames");
+    let case = Case {
+        name: "sflow",
+        files: &[],
+        tshark_twice: false,
+        sampled: false,
+        min_records,
+    };
+    let ports = tshark_ports(&case, &path, &frames);
+
+    let mut decoder = Decoder::new(Limits::default());
+    let mut summaries = Vec::new();
+    let mut ours = Vec::new();
+    let mut counters = Vec::new();
+    let mut times = Vec::new();
+    for (i, (frame, d)) in frames.iter().enumerate() {
+        let before = ours.len();
+        let s = flowstage::decode::decode_datagram_with_counters(
+            &mut decoder,
+            d.src,
+            frame.unix_ms(),
+            &d.payload,
+            &mut ours,
+            &mut counters,
+        )
+        .unwrap_or_else(|e| panic!("{name}: datagram {} failed: {e}", i + 1));
+        assert!(s.set_errors.is_empty(), "{name}: {:?}", s.set_errors);
+        times.extend(std::iter::repeat_n(frame.unix_ms(), ours.len() - before));
+        summaries.push(s);
+    }
+
+    let mut args = vec!["-n".to_string(), "-r".into(), path.to_string_lossy().into()];
+    for port in &ports {
+        args.push("-d".into());
+        args.push(format!("udp.port=={port},sflow"));
+    }
+    args.extend(["-T", "json", "-J", "sflow"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let json: Node = serde_json::from_slice(&tshark(&args)).expect("tshark JSON");
+    let Node::List(packets) = json else {
+        panic!("{name}: tshark JSON is not a list")
+    };
+    assert_eq!(packets.len(), frames.len(), "{name}: tshark packets");
+    let mut theirs = Vec::new();
+    let mut counter_samples = 0;
+    for (i, (p, s)) in packets.iter().zip(&summaries).enumerate() {
+        let what = format!("{name}: datagram {}", i + 1);
+        let sflow = p
+            .child("_source")
+            .and_then(|s| s.child("layers"))
+            .and_then(|l| l.child("sflow"))
+            .unwrap_or_else(|| panic!("{what}: not decoded as sFlow"));
+        assert_eq!(sflow.num("sflow_245.version"), Some(5), "{what}");
+        assert_eq!(s.protocol, Protocol::Sflow, "{what}");
+        assert_eq!(
+            Some(u64::from(s.sequence)),
+            sflow.num("sflow_245.sequence_number"),
+            "{what}: sequence"
+        );
+        assert_eq!(
+            Some(u64::from(s.source_id)),
+            sflow.num("sflow_245.sub_agent_id"),
+            "{what}: sub-agent id"
+        );
+        assert_eq!(
+            s.sys_uptime_ms.map(u64::from),
+            sflow.num("sflow_245.sysuptime"),
+            "{what}: uptime"
+        );
+        let mut samples = 0;
+        let mut flow_samples = 0;
+        for (key, sample) in sflow.entries() {
+            let Some(kind) = sample.num("sflow_245.sampletype") else {
+                continue;
+            };
+            samples += 1;
+            match kind {
+                1 | 3 => {
+                    flow_samples += 1;
+                    let swhat = format!("{what}: {key}");
+                    let mut r = tshark_sflow_record(sample, &swhat);
+                    r.start_ms = times.get(theirs.len()).copied().unwrap_or_default();
+                    r.end_ms = r.start_ms;
+                    theirs.push((swhat, r));
+                }
+                2 | 4 => counter_samples += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            Some(samples),
+            sflow.num("sflow_245.numsamples"),
+            "{what}: samples"
+        );
+        assert_eq!(s.records, flow_samples, "{what}: flow samples");
+    }
+    assert_eq!(ours.len(), theirs.len(), "{name}: flow records");
+    assert!(
+        ours.len() >= min_records,
+        "{name}: only {} records",
+        ours.len()
+    );
+    assert_eq!(
+        counters.len(),
+        counter_samples,
+        "{name}: counter samples (each with one generic interface record)"
+    );
+    for (r, (what, t)) in ours.iter().zip(&theirs) {
+        assert_eq!(r, t, "{what}: ours (left) and tshark's (right)");
+        assert_eq!(
+            (r.scaled_bytes(), r.scaled_packets()),
+            (
+                t.bytes * u64::from(t.sampling_rate),
+                u64::from(t.sampling_rate)
+            ),
+            "{what}: scaled"
+        );
+    }
+    let rates: BTreeSet<u32> = ours.iter().map(|r| r.sampling_rate).collect();
+    eprintln!(
+        "{name}: {} datagram(s) on UDP port(s) {ports:?}, {} flow samples match tshark in \
+         every field (addresses, ports, proto, ToS, TCP flags, ICMP, frame length, \
+         sampling rate {rates:?}, interfaces, VLANs, next hop, masks, AS); {} counter samples",
+        frames.len(),
+        ours.len(),
+        counters.len()
+    );
+}
+
+/// Five flow samples of a router: IPv6 and IPv4 over Ethernet, extended switch data
+/// with unknown VLANs (all ones), router and gateway data with and without an AS path.
+#[test]
+fn sflow_router_samples() {
+    run_sflow("sflow data-1140", "data-1140.pcap", 5);
+}
+
+/// hsflowd-style ICMP echo sample, unsampled, interfaces 0x3fffffff (the host itself).
+#[test]
+fn sflow_icmpv4() {
+    run_sflow("sflow icmpv4", "data-icmpv4.pcap", 1);
+}
+
+/// Raw headers of header protocol 11 (bare IPv4) instead of Ethernet.
+#[test]
+fn sflow_raw_ipv4_headers() {
+    run_sflow("sflow raw ipv4", "data-sflow-raw-ipv4.pcap", 2);
+}
+
+/// An expanded flow sample (format 3) with an 802.1Q-tagged frame and a three-AS path.
+#[test]
+fn sflow_expanded_sample() {
+    run_sflow("sflow expanded", "data-sflow-expanded-sample.pcap", 1);
 }

@@ -17,6 +17,7 @@ mod resilience;
 mod rollup;
 mod routers;
 mod setup;
+mod sflow;
 mod snmp;
 mod users;
 mod web;

@@ -63,6 +63,7 @@ fn batch(id: &str) -> Batch {
                 },
             ],
         }],
+        counters: Vec::new(),
     }
 }
 

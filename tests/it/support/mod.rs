@@ -219,10 +219,12 @@ impl Drop for Pg {
     }
 }
 
-/// A running `flowstage-collector run` on a loopback port.
+/// A running `flowstage-collector run` on a loopback port (and a second one for sFlow,
+/// so that parallel tests never share the default 6343).
 pub struct Collector {
     child: Child,
     pub port: u16,
+    pub sflow_port: u16,
     pub metrics_port: u16,
     pub log: PathBuf,
 }
@@ -238,6 +240,7 @@ impl Collector {
 
     pub fn start_on(port: u16, database_url: &str, data_dir: &Path, extra: &[&str]) -> Collector {
         let metrics_port = free_port();
+        let sflow_port = free_udp_port();
         std::fs::create_dir_all(data_dir).unwrap();
         let log = data_dir.join(format!("collector-{metrics_port}.log"));
         let mut cmd = Command::new(collector_bin());
@@ -248,6 +251,7 @@ impl Collector {
         let child = cmd
             .args(["--database", database_url])
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--sflow-listen", &format!("127.0.0.1:{sflow_port}")])
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
@@ -262,6 +266,7 @@ impl Collector {
         let c = Collector {
             child,
             port,
+            sflow_port,
             metrics_port,
             log,
         };
@@ -279,6 +284,11 @@ impl Collector {
 
     pub fn target(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Where sFlow agents send.
+    pub fn sflow_target(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.sflow_port).into()
     }
 
     pub fn log_text(&self) -> String {

@@ -197,7 +197,9 @@ pub async fn conditions(
             // can fill up is the file system under it.
             let root = crate::archive::root(&config.collector.data_dir);
             let used = dir_bytes(&root);
-            let fs_pct = filesystem_used_percent(&config.collector.data_dir).unwrap_or(0.0);
+            let fs_pct = crate::setup::preflight::disk_space(&config.collector.data_dir)
+                .map(|d| d.used_percent)
+                .unwrap_or(0.0);
             if fs_pct > rule.percent {
                 out.push(Condition {
                     subject: "archive".into(),
@@ -225,29 +227,7 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn filesystem_used_percent(path: &Path) -> Option<f64> {
-    let existing = path.ancestors().find(|p| p.exists())?;
-    let s = nix::sys::statvfs::statvfs(existing).ok()?;
-    // As df computes Use%: blocks reserved for root count as neither used nor free.
-    let used = s.blocks().saturating_sub(s.blocks_free()) as f64;
-    let usable = used + s.blocks_available() as f64;
-    (usable > 0.0).then(|| used * 100.0 / usable)
-}
-
-pub fn human_bytes(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
-}
+pub use crate::setup::preflight::human_bytes;
 
 pub fn human_bps(bps: f64) -> String {
     let units = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"];

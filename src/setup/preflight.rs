@@ -108,18 +108,38 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Space on the file system holding a path, as `df` counts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskSpace {
+    /// The path's nearest existing ancestor (itself if it exists).
+    pub at: PathBuf,
+    /// Bytes an unprivileged user can still write.
+    pub free: u64,
+    /// df's Use%: used / (used + available); blocks reserved for root count as
+    /// neither.
+    pub used_percent: f64,
+}
+
+/// Space on the file system holding `path` (or its nearest existing parent).
+pub fn disk_space(path: &Path) -> Option<DiskSpace> {
+    let at = path.ancestors().find(|p| p.exists())?.to_path_buf();
+    let st = nix::sys::statvfs::statvfs(&at).ok()?;
+    let used = st.blocks().saturating_sub(st.blocks_free()) as f64;
+    let usable = used + st.blocks_available() as f64;
+    Some(DiskSpace {
+        free: st.blocks_available() * st.fragment_size(),
+        used_percent: if usable > 0.0 {
+            used * 100.0 / usable
+        } else {
+            100.0
+        },
+        at,
+    })
+}
+
 /// Free bytes on the filesystem holding `path` (or its nearest existing parent).
 pub fn free_bytes(path: &Path) -> Option<(PathBuf, u64)> {
-    let mut p = path.to_path_buf();
-    loop {
-        if p.exists() {
-            let st = nix::sys::statvfs::statvfs(&p).ok()?;
-            return Some((p, st.blocks_available() * st.fragment_size()));
-        }
-        if !p.pop() {
-            return None;
-        }
-    }
+    disk_space(path).map(|d| (d.at, d.free))
 }
 
 /// The mount point holding `path`, from /proc/self/mounts (longest prefix wins).

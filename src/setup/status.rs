@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::checks::Check;
 use super::files::{self, ChangeKind};
-use super::preflight::{free_bytes, human_bytes};
+use super::preflight::{disk_space, human_bytes};
 use super::render::{self, pg_hba_path};
 use super::steps::{self, Context};
 
@@ -476,21 +476,16 @@ fn disk_checks(ctx: &Context<'_>) -> Vec<Check> {
             Path::new("/var/lib/postgresql").to_path_buf(),
         ),
     ] {
-        let Some((at, free)) = free_bytes(&ctx.host.path(&path)) else {
+        let Some(space) = disk_space(&ctx.host.path(&path)) else {
             checks.push(Check::fail(
                 name,
                 format!("{} does not exist", path.display()),
             ));
             continue;
         };
-        let total = nix::sys::statvfs::statvfs(&at)
-            .map(|s| s.blocks() * s.fragment_size())
-            .unwrap_or(0);
-        let pct = if total > 0 {
-            100.0 * free as f64 / total as f64
-        } else {
-            0.0
-        };
+        let (at, free) = (space.at, space.free);
+        // As df shows it, so the number matches what the operator sees there.
+        let pct = 100.0 - space.used_percent;
         let text = format!(
             "{} free ({pct:.0} %) at {}",
             human_bytes(free),

@@ -131,6 +131,58 @@ pub async fn measured(
         .collect())
 }
 
+/// The device-measured bits per second of one interface per step of `series`, one
+/// overlay per source (SNMP, sFlow). A counter row counts in the step its interval ends
+/// in.
+pub async fn measured_series(
+    client: &Client,
+    exporter: &str,
+    interface: &str,
+    series: &crate::report::Series,
+    direction: crate::collector::batch::Direction,
+) -> Result<Vec<super::svg::Overlay>, WebError> {
+    let starts: Vec<chrono::DateTime<chrono::Utc>> = series
+        .points
+        .iter()
+        .filter_map(|p| chrono::DateTime::parse_from_rfc3339(&p.time).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .collect();
+    if starts.len() != series.points.len() || starts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inbound = direction == crate::collector::batch::Direction::In;
+    let rows = client
+        .query(
+            "SELECT p.i::int8, c.source,
+                    (sum(CASE WHEN $5 THEN c.in_octets ELSE c.out_octets END) * 8 / sum(c.secs))::float8
+             FROM unnest($3::timestamptz[]) WITH ORDINALITY AS p(t, i)
+             JOIN interface_counters c ON c.time > p.t AND c.time <= p.t + make_interval(secs => $4::float8)
+             JOIN exporters e ON e.id = c.exporter_id
+             JOIN interfaces i ON i.exporter_id = c.exporter_id AND i.ifindex = c.ifindex
+             WHERE (host(e.address) = $1 OR e.name = $1)
+               AND (i.ifindex::text = $2 OR i.name = $2 OR i.description = $2)
+             GROUP BY p.i, c.source ORDER BY c.source, p.i",
+            &[&exporter, &interface, &starts, &(series.step_secs as f64), &inbound],
+        )
+        .await?;
+    let mut overlays: Vec<super::svg::Overlay> = Vec::new();
+    for r in &rows {
+        let source: String = r.get(1);
+        let label = format!("measured by the device ({source})");
+        let index = usize::try_from(r.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+        if overlays.last().is_none_or(|o| o.label != label) {
+            overlays.push(super::svg::Overlay {
+                label,
+                values: vec![None; starts.len()],
+            });
+        }
+        if let Some(slot) = overlays.last_mut().and_then(|o| o.values.get_mut(index)) {
+            *slot = Some(r.get(2));
+        }
+    }
+    Ok(overlays)
+}
+
 pub async fn counters(
     State(state): State<Arc<AppState>>,
     ApiUser(who): ApiUser,

@@ -577,7 +577,14 @@ async fn graph(state: &AppState, who: &Identity, params: &ViewParams) -> Result<
     let step = report::step_for(view.from, view.to, 120);
     let s = report::series(&client, &view.query(restriction(who)), &r, step, view.unit).await?;
     let title = format!("{} by {}", super::svg::unit_of(&s).0, view.by.as_str());
-    Ok(super::svg::stacked_bits(&s, &title))
+    // One interface's bits: the device's own counters as lines beside the flows.
+    let overlays = match (&view.exporter, &view.interface, view.unit) {
+        (Some(exporter), Some(interface), report::Measure::Bytes) if view.by == ReportBy::Total => {
+            super::api::measured_series(&client, exporter, interface, &s, view.direction).await?
+        }
+        _ => Vec::new(),
+    };
+    Ok(super::svg::stacked_with_lines(&s, &title, &overlays))
 }
 
 pub async fn graph_svg(

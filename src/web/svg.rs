@@ -64,8 +64,25 @@ pub fn unit_of(series: &Series) -> (&'static str, f64) {
     }
 }
 
+/// A rate measured some other way, drawn as a line over the bars: the device's own
+/// counters (SNMP, sFlow) beside the flows' rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overlay {
+    pub label: String,
+    /// Per point of the series, in the graph's unit per second; None where there was no
+    /// measurement in that step.
+    pub values: Vec<Option<f64>>,
+}
+
+const OVERLAY_COLOURS: [&str; 2] = ["#000000", "#7a0177"];
+
 /// A stacked bar graph of the series' rate per step.
 pub fn stacked_bits(series: &Series, title: &str) -> String {
+    stacked_with_lines(series, title, &[])
+}
+
+/// A stacked bar graph with `overlays` drawn as lines across it.
+pub fn stacked_with_lines(series: &Series, title: &str, overlays: &[Overlay]) -> String {
     let (unit, factor) = unit_of(series);
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
@@ -78,6 +95,11 @@ pub fn stacked_bits(series: &Series, title: &str) -> String {
     let max = rates
         .iter()
         .map(|r| r.iter().sum::<f64>())
+        .chain(
+            overlays
+                .iter()
+                .flat_map(|o| o.values.iter().flatten().copied()),
+        )
         .fold(0.0_f64, f64::max)
         .max(1.0);
     let mut svg = String::new();
@@ -120,6 +142,39 @@ pub fn stacked_bits(series: &Series, title: &str) -> String {
                 si(*r)
             );
         }
+    }
+    // Overlays: a line through the centres of the steps that have a value, broken where
+    // a step has none; every value also a dot with its number on hover.
+    for (o, overlay) in overlays.iter().enumerate() {
+        let colour = OVERLAY_COLOURS[o % OVERLAY_COLOURS.len()];
+        let mut run: Vec<String> = Vec::new();
+        let flush = |run: &mut Vec<String>, svg: &mut String| {
+            if run.len() > 1 {
+                let _ = write!(
+                    svg,
+                    r##"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="6 3"/>"##,
+                    run.join(" ")
+                );
+            }
+            run.clear();
+        };
+        for (i, v) in overlay.values.iter().enumerate().take(series.points.len()) {
+            let Some(v) = v else {
+                flush(&mut run, &mut svg);
+                continue;
+            };
+            let x = LEFT + bar_w * (i as f64 + 0.5);
+            let y = TOP + plot_h - plot_h * v / max;
+            run.push(format!("{x:.2},{y:.2}"));
+            let _ = write!(
+                svg,
+                r##"<circle cx="{x:.2}" cy="{y:.2}" r="2.5" fill="{colour}"><title>{} {}: {}{unit}</title></circle>"##,
+                escape(&series.points[i].time),
+                escape(&overlay.label),
+                si(*v)
+            );
+        }
+        flush(&mut run, &mut svg);
     }
     // X axis: first, middle and last step.
     let _ = write!(
@@ -166,6 +221,22 @@ pub fn stacked_bits(series: &Series, title: &str) -> String {
             LEFT + plot_w + 27.0,
             y + 9.0,
             escape(key)
+        );
+    }
+    let first_line = series.keys.len().min(24);
+    for (o, overlay) in overlays.iter().enumerate() {
+        let y = TOP + 14.0 * (first_line + o) as f64;
+        let _ = write!(
+            svg,
+            r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{}" stroke-width="2" stroke-dasharray="6 3"/><text x="{:.1}" y="{:.1}" font-size="11" font-family="sans-serif">{}</text>"##,
+            LEFT + plot_w + 12.0,
+            y + 5.0,
+            LEFT + plot_w + 22.0,
+            y + 5.0,
+            OVERLAY_COLOURS[o % OVERLAY_COLOURS.len()],
+            LEFT + plot_w + 27.0,
+            y + 9.0,
+            escape(&overlay.label)
         );
     }
     svg.push_str("</svg>");
@@ -226,5 +297,31 @@ mod tests {
         let png = to_png(&svg).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         assert!(png.len() > 1000);
+    }
+
+    #[test]
+    fn overlay_lines_break_where_a_step_has_no_measurement() {
+        let point = |m: u32| SeriesPoint {
+            time: format!("2026-12-04T10:{m:02}:00+00:00"),
+            values: vec![7500],
+        };
+        let s = Series {
+            step_secs: 60,
+            measure: crate::report::Measure::Bytes,
+            keys: vec!["total".into()],
+            points: (0..5).map(point).collect(),
+        };
+        let overlay = Overlay {
+            label: "measured".into(),
+            values: vec![Some(1000.0), Some(2000.0), None, Some(500.0), None],
+        };
+        let svg = stacked_with_lines(&s, "t", &[overlay]);
+        // One line for the first two steps; the lone fourth is a dot only.
+        assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
+        assert_eq!(svg.matches("<circle").count(), 3, "{svg}");
+        assert!(svg.contains("measured: 2.00 kbit/s</title>"), "{svg}");
+        // The scale fits the highest of bars (1 kbit/s) and lines (2 kbit/s): the line's
+        // top point is at the top of the plot.
+        assert!(svg.contains(&format!("cy=\"{:.2}\"", TOP)), "{svg}");
     }
 }

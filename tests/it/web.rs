@@ -1293,6 +1293,36 @@ fn alerts_and_device_counters_are_shown_within_grants() {
         page.contains("<td>snmp</td><td>10.0 Mbit/s</td><td>2.0 Mbit/s</td>"),
         "{page}"
     );
+    // The interface's graph draws the device's rates as lines over the flows' bars.
+    pg.psql(
+        &db,
+        "SELECT flowstage_ensure_day(current_date), flowstage_ensure_day((now() - interval '1 hour')::date);
+         INSERT INTO flow_totals (minute, exporter_id, ifindex, direction, sampling_rate, bytes, packets, flows)
+           SELECT date_trunc('minute', now()) - make_interval(mins => m), e.id, 1, 0, 1, 60000000, 50000, 100
+           FROM exporters e, generate_series(2, 12) m WHERE e.name = 'r1';",
+    );
+    let svg = get(
+        &format!("{base}/graph.svg?exporter=192.0.2.1&interface=1&by=total&direction=in&from=-1h&to=%2B1m"),
+        Some(&viewer),
+    );
+    assert_eq!(svg.status, 200, "{}", svg.body);
+    for want in [
+        "measured by the device (snmp): 10.00 Mbit/s</title>",
+        "measured by the device (sflow): 20.00 Mbit/s</title>",
+        ">measured by the device (snmp)</text>",
+        ": 8.00 Mbit/s</title>",
+    ] {
+        assert!(svg.body.contains(want), "{want} not in {}", svg.body);
+    }
+    let out = get(
+        &format!("{base}/graph.svg?exporter=192.0.2.1&interface=1&by=total&direction=out&from=-1h&to=%2B1m"),
+        Some(&viewer),
+    );
+    assert!(
+        !out.body.contains("measured by the device (snmp): 10.00"),
+        "out is not in"
+    );
+
     let doc = get(&format!("{base}/api/v1/openapi.json"), None).json();
     for p in ["/api/v1/alerts", "/api/v1/counters"] {
         assert!(

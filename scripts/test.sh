@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite. On a fresh Debian 12 machine, as root, it first installs what
-# the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump, net-snmp's
-# snmpd and snmpget as a real SNMP agent and client on loopback, and DuckDB from PyPI
-# in a virtualenv under target/, to read the Parquet archive); the tests
-# start their own PostgreSQL clusters and collectors and stop them at the end. As root
+# the tests need (PostgreSQL 15 server binaries, tshark, softflowd, nfdump, pmacct's
+# sfacctd, net-snmp's snmpd and snmpget as a real SNMP agent and client on loopback,
+# and DuckDB from PyPI in a virtualenv under target/, to read the Parquet archive); the
+# tests start their own PostgreSQL clusters and collectors and stop them at the end. As root
 # on Debian/Ubuntu it also runs the installer's end-to-end test, which really installs
 # the appliance on this machine and uninstalls it again (FLOWSTAGE_E2E_INSTALL=0 skips
 # it).
@@ -16,6 +16,7 @@ command -v tshark >/dev/null || need+=(tshark)
 command -v mergecap >/dev/null || need+=(wireshark-common)
 command -v softflowd >/dev/null || need+=(softflowd)
 command -v nfcapd >/dev/null || need+=(nfdump)
+[ -x /usr/sbin/sfacctd ] || need+=(pmacct)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 [ -x /usr/sbin/snmpd ] || need+=(snmpd)

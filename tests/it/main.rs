@@ -18,6 +18,7 @@ mod rollup;
 mod routers;
 mod setup;
 mod sflow;
+mod sflow_peer;
 mod snmp;
 mod users;
 mod web;

@@ -5,7 +5,9 @@
 //! template in a first datagram and then data datagrams of 24 IPv4 records each. Each
 //! protocol is decoded by Flowstage (templates already cached: the steady state of a
 //! collector) and by the `netflow_parser` crate on exactly the same bytes, and the
-//! decoded records are pushed through the collector's per-minute [`Aggregator`].
+//! decoded records are pushed through the collector's per-minute [`Aggregator`]. sFlow
+//! v5 (datagrams of eight raw-header flow samples) is decoded by Flowstage alone: no
+//! crate to compare with decodes it.
 //!
 //! ```sh
 //! cargo bench --bench decode
@@ -226,7 +228,79 @@ fn bench_decode(c: &mut Criterion) {
             b.iter(|| decode_theirs(&mut parser, w))
         });
     }
+    // sFlow: no peer crate decodes it, so Flowstage alone, on datagrams of eight
+    // raw-header flow samples (Ethernet, IPv4, TCP/UDP), as switches send them.
+    let w = sflow_workload();
+    let mut decoder = primed_decoder(&w);
+    let mut out = Vec::with_capacity(64);
+    let mut decoded = 0;
+    for d in &w.data {
+        out.clear();
+        let s = decode_datagram(&mut decoder, EXPORTER, NOW_MS, d, &mut out).unwrap();
+        assert!(s.set_errors.is_empty(), "{s:?}");
+        decoded += out.len();
+    }
+    assert_eq!(decoded, w.records, "flowstage on sflow");
+    g.throughput(Throughput::Elements(w.records as u64));
+    g.bench_function("flowstage/sflow", |b| {
+        b.iter(|| decode_ours(&mut decoder, &w, &mut out))
+    });
     g.finish();
+}
+
+fn sflow_workload() -> Workload {
+    use flowstage::encode::sflow::{
+        encode, packet_header, Datagram, FlowData, Interface, PacketSpec, Sample,
+    };
+    let mut rng = SplitMix64::new(5);
+    let data: Vec<Vec<u8>> = (0..DATAGRAMS as u32)
+        .map(|seq| {
+            let samples = (0..8)
+                .map(|i| {
+                    let proto = if rng.below(3) == 0 { 17 } else { 6 };
+                    Sample::Flow {
+                        expanded: false,
+                        sequence: seq * 8 + i,
+                        source_id: 1,
+                        sampling_rate: 1024,
+                        sample_pool: 0,
+                        drops: 0,
+                        input: Interface::index(1 + rng.below(4) as u32),
+                        output: Interface::index(1 + rng.below(4) as u32),
+                        records: vec![FlowData::RawHeader {
+                            protocol: 1,
+                            frame_length: 64 + rng.below(1400) as u32,
+                            stripped: 4,
+                            header: packet_header(&PacketSpec {
+                                vlan: Some(10),
+                                src: Ipv4Addr::from(0x0a00_0000 | rng.below(1 << 16) as u32).into(),
+                                dst: Ipv4Addr::from(0xc000_0200 | rng.below(256) as u32).into(),
+                                proto,
+                                tos: 0,
+                                src_port: 1024 + rng.below(60_000) as u16,
+                                dst_port: [80, 443, 53][rng.below(3) as usize],
+                                tcp_flags: 0x10,
+                                icmp: (0, 0),
+                            }),
+                        }],
+                    }
+                })
+                .collect();
+            encode(&Datagram {
+                agent: Some(EXPORTER),
+                sub_agent_id: 0,
+                sequence: seq + 1,
+                uptime_ms: 1000 + seq,
+                samples,
+            })
+        })
+        .collect();
+    Workload {
+        name: "sflow",
+        setup: Vec::new(),
+        records: data.len() * 8,
+        data,
+    }
 }
 
 /// Flows through the collector's per-minute aggregation: every Stager dimension (AS,

@@ -355,10 +355,14 @@ impl Worker {
     /// previous sample of the same interface, when there is a trustworthy one).
     fn interface_counters(&mut self, exporter: IpAddr, c: InterfaceCounters, now_ms: i64) {
         let key = (exporter, c.ifindex);
-        let delta = self
-            .last_counters
-            .get(&key)
-            .and_then(|(prev, prev_ms)| counter_delta(prev, *prev_ms, &c, now_ms));
+        let previous = self.last_counters.get(&key);
+        let delta = previous.and_then(|(prev, prev_ms)| counter_delta(prev, *prev_ms, &c, now_ms));
+        // Rows are keyed by time per interface: two samples of one interface received
+        // in the same batch (the same receive time) still get a row each.
+        let time_ms = match previous {
+            Some((_, prev_ms)) if *prev_ms >= now_ms => prev_ms + 1,
+            _ => now_ms,
+        };
         if self.last_counters.len() >= MAX_COUNTER_INTERFACES
             && !self.last_counters.contains_key(&key)
         {
@@ -368,10 +372,10 @@ impl Worker {
         if self.last_counters.len() < MAX_COUNTER_INTERFACES
             || self.last_counters.contains_key(&key)
         {
-            self.last_counters.insert(key, (c, now_ms));
+            self.last_counters.insert(key, (c, time_ms));
         }
         self.counter_rows.push(CounterRow {
-            time_ms: now_ms,
+            time_ms,
             exporter,
             ifindex: c.ifindex,
             speed_bps: c.speed_bps,

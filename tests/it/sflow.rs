@@ -156,7 +156,19 @@ fn flow_and_counter_samples_end_to_end() {
         // Distinct receive times (the rows' key).
         std::thread::sleep(Duration::from_millis(30));
     }
-    let datagrams = 300 + steps.len() as u64;
+    // ifIndex 6: three samples sent back to back, likely read in one batch with one
+    // receive time; each delta still gets its own row.
+    for (i, uptime) in [10_000u32, 40_000, 70_000].into_iter().enumerate() {
+        let bytes = encode(&Datagram {
+            agent: Some(ip("10.0.0.1")),
+            sub_agent_id: 3,
+            sequence: 306 + i as u32,
+            uptime_ms: uptime,
+            samples: vec![counters(6, 1_000 * u64::from(uptime), 0, 0)],
+        });
+        agent.send_to(&bytes, c.sflow_target()).unwrap();
+    }
+    let datagrams = 300 + steps.len() as u64 + 3;
     c.wait_for("every sFlow datagram decoded", |c| {
         c.metric(
             "flowstage_exporter_packets_total",
@@ -183,7 +195,7 @@ fn flow_and_counter_samples_end_to_end() {
     let rows = pg.psql(
         &db,
         "SELECT ifindex, source, secs, in_octets, out_octets, in_packets, out_packets, in_errors, out_errors, oper_status
-         FROM interface_counters ORDER BY time",
+         FROM interface_counters WHERE ifindex = 5 ORDER BY time",
     );
     assert_eq!(
         rows,
@@ -194,6 +206,13 @@ fn flow_and_counter_samples_end_to_end() {
         ]
         .join("\n"),
         "deltas: the first sample and the reset give none; the packet counter wraps"
+    );
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT string_agg(in_octets::text, ' ' ORDER BY time) FROM interface_counters WHERE ifindex = 6"
+        ),
+        "30000000 30000000"
     );
     let interface = pg.psql(
         &db,

@@ -425,7 +425,7 @@ async fn unnamed_exporters_check(client: &tokio_postgres::Client) -> Check {
             Check::warn(
                 "exporter names",
                 format!(
-                    "{unnamed} of {total} exporters have no name: {}{}; add them to exporters.cfg and run `flowstage-setup routers import`",
+                    "{unnamed} of {total} exporters have no name: {}{}; add them to exporters.cfg and run `flowstage-setup routers import`, or cover them with an [[snmp.target]] (docs/routers.md)",
                     listed.join(", "),
                     if unnamed > 10 { ", ..." } else { "" }
                 ),

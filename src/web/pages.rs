@@ -816,9 +816,15 @@ pub async fn dashboard(
         });
         let _ = write!(
             body,
-            "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"{}\">{}</a>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&link),
             escape(e.name.as_deref().unwrap_or(&e.address)),
+            // Registered from its flows, not named yet (docs/routers.md).
+            if e.name.is_none() {
+                " <small class=\"unnamed\">unnamed</small>"
+            } else {
+                ""
+            },
             escape(&e.address),
             e.interfaces,
             escape(&e.first_seen),

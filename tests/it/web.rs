@@ -788,6 +788,14 @@ fn numbers_and_authorization_matrix() {
         let r = get(&url, Some(&admin));
         assert!(r.status < 500, "{url} answered {}: {}", r.status, r.body);
     }
+    // Exporters registered from their flows and not named yet say so.
+    let dashboard = get(&format!("{base}/"), Some(&admin)).body;
+    assert!(
+        dashboard.contains(&format!(
+            "{granted}</a> <small class=\"unnamed\">unnamed</small>"
+        )),
+        "{dashboard}"
+    );
     for path in ["/", "/report?by=dst-ip&top=1000&from=-1d", "/admin/users"] {
         let r = get(&format!("{base}{path}"), Some(&admin));
         assert_eq!(r.status, 200, "{path}");
@@ -1252,6 +1260,7 @@ fn alerts_and_device_counters_are_shown_within_grants() {
     assert_eq!(get(&format!("{base}/api/v1/alerts"), None).status, 401);
     let dashboard = get(&format!("{base}/"), Some(&viewer)).body;
     assert!(dashboard.contains("loss on r1"), "{dashboard}");
+    assert!(!dashboard.contains("class=\"unnamed\""), "r1 has a name");
     assert!(!dashboard.contains("r2 silent") && !dashboard.contains("the spool is filling"));
     assert!(get(&format!("{base}/"), Some(&admin))
         .body

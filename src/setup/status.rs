@@ -465,6 +465,43 @@ async fn rollup_check(client: &tokio_postgres::Client) -> Check {
     }
 }
 
+/// The raw flow archive: its size against its cap, and whether files keep coming (a
+/// collector that stopped archiving would otherwise go unnoticed until a drill-down
+/// finds nothing).
+fn archive_check(ctx: &Context<'_>, now: chrono::DateTime<chrono::Utc>) -> Check {
+    let c = &ctx.config.collector;
+    let root = crate::archive::root(&ctx.host.path(&c.data_dir));
+    let files = match crate::archive::list(&root) {
+        Ok(f) => f,
+        Err(e) => return Check::warn("archive", format!("{e:#}")),
+    };
+    let Some(newest) = files.iter().map(|f| f.window).max() else {
+        return Check::ok("archive", format!("no files yet in {}", root.display()));
+    };
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let rotate = i64::try_from(c.archive_rotate_secs).unwrap_or(300);
+    let age = (now - newest).num_seconds() - rotate;
+    let text = format!(
+        "{} file(s), {} of its {} cap ({:.0} %), newest for {} UTC",
+        files.len(),
+        human_bytes(bytes),
+        human_bytes(c.archive_max_bytes),
+        bytes as f64 * 100.0 / c.archive_max_bytes.max(1) as f64,
+        newest.format("%Y-%m-%d %H:%M")
+    );
+    if age > (3 * rotate).max(3600) {
+        Check::warn(
+            "archive",
+            format!(
+                "{text}: nothing archived for {}; is the collector receiving flows?",
+                human_duration(Duration::from_secs(age.max(0) as u64))
+            ),
+        )
+    } else {
+        Check::ok("archive", text)
+    }
+}
+
 fn disk_checks(ctx: &Context<'_>) -> Vec<Check> {
     let data = &ctx.config.collector.data_dir;
     let mut checks = Vec::new();
@@ -644,6 +681,9 @@ pub fn run(ctx: &Context<'_>) -> anyhow::Result<Vec<Check>> {
     checks.extend(rt.block_on(collector_checks(ctx)));
     checks.extend(rt.block_on(database_checks(ctx)));
     checks.extend(disk_checks(ctx));
+    if ctx.config.collector.archive {
+        checks.push(archive_check(ctx, chrono::Utc::now()));
+    }
     let (synced, why) = super::preflight::time_sync(ctx.host);
     checks.push(
         if ctx.config.time.daemon == crate::config::TimeDaemon::None && !synced {

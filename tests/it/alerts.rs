@@ -201,6 +201,14 @@ fn every_rule_fires_and_clears_once_with_one_mail_each() {
     std::fs::rename(data.path().join("aside"), spool.join("000001.batch")).unwrap();
 
     // Visible in status.
+    // The archive's own check: the file there is long past, so nothing new arrives.
+    let archive_check = support::status_check(&config, &url, "archive");
+    assert_eq!(archive_check["level"], "warn", "{archive_check}");
+    let detail = archive_check["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("1 file(s), 976.6 KiB of its 1.0 MiB cap (95 %), newest for 2026-06-01 11:55 UTC: nothing archived for"),
+        "{detail}"
+    );
     let check = support::status_check(&config, &url, "alerts");
     assert_eq!(check["level"], "warn");
     assert!(

@@ -132,6 +132,57 @@ pub async fn conditions(
                 }
             }
         }
+        AlertKind::InterfaceUtilisation if rule.device_counters => {
+            // The average over the window per source (SNMP and sFlow are not added
+            // up), needing counters for at least 80 % of it.
+            let rows = client
+                .query(
+                    "WITH c AS (
+                         SELECT exporter_id, ifindex, source,
+                                sum(in_octets) * 8 / sum(secs) AS in_bps,
+                                sum(out_octets) * 8 / sum(secs) AS out_bps, sum(secs) AS covered
+                         FROM interface_counters
+                         WHERE time > $1::timestamptz - make_interval(mins => $2) AND time <= $1
+                         GROUP BY 1, 2, 3)
+                     SELECT host(e.address), coalesce(e.name, host(e.address)), c.ifindex,
+                            coalesce(i.name, i.description, c.ifindex::text), c.source,
+                            (c.in_bps * 100 / i.speed_bps)::float8, (c.out_bps * 100 / i.speed_bps)::float8,
+                            i.speed_bps
+                     FROM c JOIN interfaces i ON i.exporter_id = c.exporter_id AND i.ifindex = c.ifindex
+                     JOIN exporters e ON e.id = c.exporter_id
+                     WHERE i.speed_bps > 0 AND c.covered >= 0.8 * 60 * $2
+                     ORDER BY 1, 3, 5",
+                    &[&now, &minutes],
+                )
+                .await?;
+            for r in rows {
+                let (address, name, ifindex, ifname, source): (
+                    String,
+                    String,
+                    i64,
+                    String,
+                    String,
+                ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                let speed: i64 = r.get(7);
+                for (direction, pct) in [("in", r.get::<_, f64>(5)), ("out", r.get::<_, f64>(6))] {
+                    let subject = format!("{address} {ifindex} {direction}");
+                    // Both sources over the limit: one alert, the first source's.
+                    if pct <= rule.percent || out.iter().any(|c: &Condition| c.subject == subject) {
+                        continue;
+                    }
+                    out.push(Condition {
+                        subject,
+                        value: pct,
+                        message: format!(
+                            "interface {ifname} (ifIndex {ifindex}) of {name} ({address}) averaged {pct:.1} % of its {} over {} minutes ({direction}, measured by {source}; limit {} %)",
+                            human_bps(speed as f64),
+                            rule.minutes,
+                            rule.percent
+                        ),
+                    });
+                }
+            }
+        }
         AlertKind::InterfaceUtilisation => {
             // Only whole minutes the collector has flushed: the window ends before the
             // minute still open for late flows.

@@ -1301,6 +1301,10 @@ pub struct RawAlertRule {
     pub percent: Option<f64>,
     /// decode_errors: errors within the window.
     pub count: Option<u64>,
+    /// interface_utilisation: `flows` (the flows' rate, every minute of the window
+    /// above the threshold) or `device` (the average rate the device's own counters
+    /// measured over the window, SNMP or sFlow). Default `flows`.
+    pub measure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1352,6 +1356,8 @@ pub struct AlertRule {
     pub minutes: u32,
     pub percent: f64,
     pub count: u64,
+    /// interface_utilisation only: read the device's counters instead of the flows.
+    pub device_counters: bool,
 }
 
 /// The rules used when the configuration names none.
@@ -1362,6 +1368,7 @@ pub fn default_alert_rules() -> Vec<AlertRule> {
         minutes,
         percent,
         count,
+        device_counters: false,
     };
     vec![
         rule("exporter silent", AlertKind::Silent, 15, 0.0, 0),
@@ -1439,12 +1446,24 @@ fn validate_alerts(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
                     return Err(invalid(key("percent"), percent, "expected 0 to 1000"));
                 }
                 let count = r.count.unwrap_or(100);
+                let device_counters = match r.measure.as_deref() {
+                    None | Some("flows") => false,
+                    Some("device") if kind == AlertKind::InterfaceUtilisation => true,
+                    Some(other) => {
+                        return Err(invalid(
+                            key("measure"),
+                            other,
+                            "expected flows or device (for interface_utilisation rules)",
+                        ))
+                    }
+                };
                 rules.push(AlertRule {
                     name,
                     kind,
                     minutes,
                     percent,
                     count,
+                    device_counters,
                 });
             }
             rules

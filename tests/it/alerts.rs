@@ -364,3 +364,67 @@ fn exporter_health_per_minute_matches_the_collector_counters() {
     let (status, log) = c.terminate();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn interface_rule_can_read_the_devices_own_counters() {
+    let pg = Pg::shared();
+    let (db, url) = pg.create_database("alerts_device");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flowstage.toml");
+    std::fs::write(
+        &config,
+        "[alerts]\nmail = false\n\n\
+         [[alerts.rule]]\nname = \"busy by counters\"\nkind = \"interface_utilisation\"\nmeasure = \"device\"\nminutes = 15\npercent = 90\n",
+    )
+    .unwrap();
+    let (o, _) = alerts(&config, &url, "2026-06-01T11:00:00Z");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    pg.psql(
+        &db,
+        &format!(
+            "INSERT INTO exporters (address, name) VALUES ('192.0.2.1', 'r1');
+             INSERT INTO interfaces (exporter_id, ifindex, name, speed_bps)
+               SELECT id, i, 'Gi0/' || i, 1000000000 FROM exporters, generate_series(1, 2) i;
+             -- ifIndex 1: 95 % in, by SNMP, every 5 minutes of the window; by sFlow 50 %.
+             INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
+               SELECT '{T0}'::timestamptz - make_interval(mins => m), e.id, 1, 'snmp', 300, 35625000000, 1000
+               FROM exporters e, generate_series(0, 10, 5) m;
+             INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
+               SELECT '{T0}'::timestamptz - make_interval(mins => m), e.id, 1, 'sflow', 60, 3750000000, 0
+               FROM exporters e, generate_series(0, 14) m;
+             -- ifIndex 2: as busy, but counters for only a third of the window.
+             INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
+               SELECT '{T0}', id, 2, 'snmp', 300, 35625000000, 0 FROM exporters;"
+        ),
+    );
+    let (o, fired) = alerts(&config, &url, T0);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(names(&fired["fired"]), ["busy by counters 192.0.2.1 1 in"]);
+    let a = &fired["fired"][0];
+    assert!((a["value"].as_f64().unwrap() - 95.0).abs() < 1e-9, "{a}");
+    assert_eq!(
+        a["message"],
+        "interface Gi0/1 (ifIndex 1) of r1 (192.0.2.1) averaged 95.0 % of its 1.0 Gbit/s over 15 minutes (in, measured by snmp; limit 90 %)"
+    );
+    // Half an hour later no counters cover the window: cleared.
+    let (_, later) = alerts(&config, &url, "2026-06-01T12:30:00Z");
+    assert_eq!(
+        names(&later["cleared"]),
+        ["busy by counters 192.0.2.1 1 in"]
+    );
+
+    // measure is for interface rules only, and only flows or device.
+    for (rule, bad) in [("loss", "device"), ("interface_utilisation", "snmp")] {
+        std::fs::write(
+            &config,
+            format!("[[alerts.rule]]\nname = \"x\"\nkind = \"{rule}\"\nmeasure = \"{bad}\"\n"),
+        )
+        .unwrap();
+        let (o, _) = alerts(&config, &url, T0);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("alerts.rule[0].measure") && err.contains(bad),
+            "{err}"
+        );
+    }
+}

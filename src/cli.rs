@@ -272,6 +272,8 @@ pub enum GenProtocol {
     V5,
     V9,
     Ipfix,
+    /// sFlow v5: one raw-header flow sample per flow (send to the sFlow port).
+    Sflow,
 }
 
 #[derive(Debug, Args)]
@@ -282,7 +284,7 @@ pub struct GenArgs {
     /// Export protocol.
     #[arg(long, value_enum, default_value = "v5")]
     pub protocol: GenProtocol,
-    /// Export IPv6 flows (v9 and IPFIX).
+    /// Export IPv6 flows (v9, IPFIX and sFlow).
     #[arg(long)]
     pub ipv6: bool,
     /// Random seed: the same seed sends the same flows.
@@ -706,6 +708,7 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                     GenProtocol::V5 => EncodeProtocol::V5,
                     GenProtocol::V9 => EncodeProtocol::V9,
                     GenProtocol::Ipfix => EncodeProtocol::Ipfix,
+                    GenProtocol::Sflow => EncodeProtocol::Sflow,
                 },
                 ipv6: a.ipv6,
                 seed: a.seed,

@@ -12,6 +12,8 @@ use crate::decode::FlowRecord;
 pub fn records_per_datagram(protocol: EncodeProtocol, ipv6: bool) -> usize {
     match (protocol, ipv6) {
         (EncodeProtocol::V5, _) => 30,
+        // Flow samples per datagram, as switches typically send them.
+        (EncodeProtocol::Sflow, _) => 8,
         (_, false) => 24,
         (_, true) => 14,
     }
@@ -22,6 +24,8 @@ pub enum EncodeProtocol {
     V5,
     V9,
     Ipfix,
+    /// sFlow v5 flow samples ([`sflow`]); not a template protocol.
+    Sflow,
 }
 
 /// v5 header values that are not derived from the records.

@@ -285,6 +285,7 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
         .map(|i| TemplateExporter::new(opts.protocol, opts.ipv6, u32::from(i) + 1, boot_ms))
         .collect();
     let mut v5_sequence = vec![0u32; usize::from(opts.exporters)];
+    let mut sflow_sequence = vec![0u32; usize::from(opts.exporters)];
     let mut expected = Expected {
         protocol: match (opts.protocol, opts.ipv6) {
             (EncodeProtocol::V5, _) => "v5",
@@ -292,6 +293,8 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
             (EncodeProtocol::V9, true) => "v9-ipv6",
             (EncodeProtocol::Ipfix, false) => "ipfix",
             (EncodeProtocol::Ipfix, true) => "ipfix-ipv6",
+            (EncodeProtocol::Sflow, false) => "sflow",
+            (EncodeProtocol::Sflow, true) => "sflow-ipv6",
         }
         .to_string(),
         ..Default::default()
@@ -313,8 +316,14 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
                 - (opts.age_secs as i64 * 1000).max(1000)
                 - rng.below(opts.spread_secs.max(1) * 1000) as i64;
             let mut r = model.flow(&mut rng, end);
-            if opts.protocol == EncodeProtocol::V5 {
-                r.sampling_rate = crate::decode::v5_sampling_rate(opts.sampling);
+            match opts.protocol {
+                EncodeProtocol::V5 => {
+                    r.sampling_rate = crate::decode::v5_sampling_rate(opts.sampling);
+                }
+                EncodeProtocol::Sflow => {
+                    as_sflow_sample(&mut r, crate::decode::v5_sampling_rate(opts.sampling));
+                }
+                _ => {}
             }
             tally.count(exporter_ip, &r);
             batch.push(r);
@@ -331,6 +340,15 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
                 };
                 v5_sequence[e] = v5_sequence[e].wrapping_add(n as u32);
                 encode_v5(&h, &batch)
+            }
+            EncodeProtocol::Sflow => {
+                sflow_sequence[e] = sflow_sequence[e].wrapping_add(1);
+                sflow_datagram(
+                    exporter_ip,
+                    sflow_sequence[e],
+                    (wall_ms - boot_ms) as u32,
+                    &batch,
+                )
             }
             _ => {
                 let x = &mut exporters[e];
@@ -356,6 +374,80 @@ pub fn run(opts: &GenOptions, mut progress: impl FnMut(u64)) -> anyhow::Result<E
     progress(sent);
     tally.into_expected(&mut expected);
     Ok(expected)
+}
+
+/// A flow as an sFlow agent sees it: one sampled packet of it (its average size), one
+/// flow, the sampling rate applied by the collector; ICMP carries a type, not ports.
+fn as_sflow_sample(r: &mut FlowRecord, rate: u32) {
+    r.bytes = (r.bytes / r.packets.max(1)).clamp(64, 9000);
+    r.packets = 1;
+    r.flows = 1;
+    r.sampling_rate = rate.max(1);
+    if r.proto == 1 {
+        r.src_port = 0;
+        r.dst_port = 0;
+    }
+}
+
+/// One sFlow datagram of flow samples: the packet header (Ethernet, IP, transport),
+/// the router's masks and next hop, and the gateway's ASes.
+fn sflow_datagram(agent: IpAddr, sequence: u32, uptime_ms: u32, flows: &[FlowRecord]) -> Vec<u8> {
+    use crate::encode::sflow::{
+        encode, packet_header, Datagram, FlowData, Interface, PacketSpec, Sample,
+    };
+    let samples = flows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Sample::Flow {
+            expanded: false,
+            sequence: sequence.wrapping_mul(16).wrapping_add(i as u32),
+            source_id: 1,
+            sampling_rate: r.sampling_rate,
+            sample_pool: 0,
+            drops: 0,
+            input: Interface::index(r.input_if),
+            output: Interface::index(r.output_if),
+            records: vec![
+                FlowData::RawHeader {
+                    protocol: 1,
+                    frame_length: r.bytes as u32,
+                    stripped: 4,
+                    header: packet_header(&PacketSpec {
+                        vlan: None,
+                        src: r.src_addr,
+                        dst: r.dst_addr,
+                        proto: r.proto,
+                        tos: r.tos,
+                        src_port: r.src_port,
+                        dst_port: r.dst_port,
+                        tcp_flags: r.tcp_flags,
+                        icmp: (8, 0),
+                    }),
+                },
+                FlowData::Router {
+                    next_hop: r.next_hop,
+                    src_mask: u32::from(r.src_mask),
+                    dst_mask: u32::from(r.dst_mask),
+                },
+                FlowData::Gateway {
+                    next_hop: r.next_hop,
+                    my_as: 0,
+                    src_as: r.src_as,
+                    src_peer_as: 0,
+                    path: vec![(2, vec![r.dst_as])],
+                    communities: Vec::new(),
+                    local_pref: 0,
+                },
+            ],
+        })
+        .collect();
+    encode(&Datagram {
+        agent: Some(agent),
+        sub_agent_id: 0,
+        sequence,
+        uptime_ms,
+        samples,
+    })
 }
 
 /// The kernel refuses a send when its buffer is full (ENOBUFS); wait and retry, so that

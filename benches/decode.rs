@@ -103,6 +103,7 @@ fn workload(protocol: EncodeProtocol) -> Workload {
                 records: DATAGRAMS * per,
             }
         }
+        EncodeProtocol::Sflow => sflow_workload(),
     }
 }
 

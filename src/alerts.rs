@@ -430,11 +430,6 @@ pub async fn evaluate(
     Ok(result)
 }
 
-/// Mail comes from the appliance's own host name, so replies and bounces reach root.
-fn sender() -> String {
-    format!("flowstage@{}", crate::config::local_hostname())
-}
-
 /// Mail every start and clear not mailed yet, one message each, stamping each as it
 /// goes out; a failed send is retried by the next run.
 async fn send_pending(client: &Client, config: &Config) -> anyhow::Result<(usize, Vec<String>)> {
@@ -523,7 +518,7 @@ fn alert_message(config: &Config, a: &Alert, cleared: bool) -> Message {
         )
     };
     Message {
-        from: sender(),
+        from: crate::mail::sender(),
         to: config.site.admin_email.clone(),
         subject,
         body,
@@ -645,7 +640,7 @@ pub async fn daily_summary(
     }
     let active = alerts.iter().filter(|a| a.cleared_at.is_none()).count();
     Ok(Message {
-        from: sender(),
+        from: crate::mail::sender(),
         to: config.site.admin_email.clone(),
         subject: format!(
             "[flowstage {}] daily summary: {}, {} active alert(s)",

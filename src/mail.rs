@@ -28,6 +28,11 @@ impl Transport {
     }
 }
 
+/// Mail comes from the appliance's own host name, so replies and bounces reach root.
+pub fn sender() -> String {
+    format!("flowstage@{}", crate::config::local_hostname())
+}
+
 /// One plain-text message.
 #[derive(Debug, Clone)]
 pub struct Message {

@@ -825,22 +825,19 @@ fn mail_if_changed(host: &Host, config_path: &Path, report: &CheckReport) -> any
     if before.trim() == now {
         return Ok(());
     }
-    let mail = format!(
-        "To: {}\nSubject: [flowstage {}] status: {}\n\n{}",
-        config.site.admin_email,
-        config.site.name,
-        report.summary,
-        report.to_text()
-    );
     let subject = format!(
         "[flowstage {}] status: {}",
         config.site.name, report.summary
     );
     if host.is_live() {
-        host.run_with_input(
-            std::process::Command::new("/usr/sbin/sendmail").args(["-t", "-oi"]),
-            Some(&mail),
-        )?;
+        // The same way out as alerts and the daily summary (sendmail or loopback SMTP).
+        let message = crate::mail::Message {
+            from: crate::mail::sender(),
+            to: config.site.admin_email.clone(),
+            subject: subject.clone(),
+            body: report.to_text(),
+        };
+        crate::mail::send(&crate::mail::Transport::from_config(&config), &message)?;
         eprintln!("mailed {}: {subject}", config.site.admin_email);
     } else {
         eprintln!("would mail {} (--root): {subject}", config.site.admin_email);

@@ -124,6 +124,15 @@ fn install_status_traffic_reconfigure_uninstall_on_this_machine() {
         );
     }
     assert_healthy(&status_json(), &ALLOWED_WARNINGS);
+    // The hourly status mail goes through the installed postfix's sendmail (it mails
+    // when the result changed since the last one: forget the last one).
+    let _ = std::fs::remove_file("/var/lib/flowstage/status-last");
+    let mail = setup(&["status", "--mail"]);
+    assert!(
+        text(&mail).contains("mailed ") && text(&mail).contains("] status: "),
+        "{}",
+        text(&mail)
+    );
     // The first admin exists, with its password only in a root-only file.
     let password_file = Path::new("/etc/flowstage/initial_admin_password");
     let mode = std::fs::metadata(password_file).unwrap().permissions();

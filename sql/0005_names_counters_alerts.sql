@@ -55,6 +55,36 @@ BEGIN
     RETURN changed + more;
 END $$;
 
+-- Grants name exporters by address or by the operator's own name (the file source):
+-- names from SNMP (sysName) or reverse DNS are not unique and not the operator's to
+-- choose, so a new switch calling itself like a granted router must not become
+-- visible. Description patterns keep matching the shown description (the file's, else
+-- the router's ifAlias, which only its administrators can set).
+CREATE OR REPLACE FUNCTION flowstage_visible_interfaces(uid integer)
+RETURNS TABLE (exporter_id integer, ifindex bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT i.exporter_id, i.ifindex
+    FROM interfaces i
+    JOIN exporters e ON e.id = i.exporter_id
+    JOIN users u ON u.id = uid AND NOT u.disabled
+    WHERE u.role = 'admin'
+       OR EXISTS (
+           SELECT 1 FROM user_grants g
+           WHERE g.user_id = uid
+             AND (
+                 (g.group_id IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM interface_group_members m
+                     WHERE m.group_id = g.group_id
+                       AND m.exporter_id = i.exporter_id AND m.ifindex = i.ifindex))
+              OR (g.group_id IS NULL
+                  AND (g.exporter IS NULL OR g.exporter = host(e.address) OR g.exporter = e.file_name)
+                  AND (g.ifindex IS NULL OR g.ifindex = i.ifindex)
+                  AND (g.description_regex IS NULL
+                       OR coalesce(i.description, '') ~ g.description_regex))
+             )
+       )
+$$;
+
 -- The last SNMP poll of each exporter. A failed poll keeps the names of the last good
 -- one; status warns while error is set.
 CREATE TABLE snmp_polls (

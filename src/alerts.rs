@@ -143,6 +143,8 @@ pub async fn conditions(
                                 sum(out_octets) * 8 / sum(secs) AS out_bps, sum(secs) AS covered
                          FROM interface_counters
                          WHERE time > $1::timestamptz - make_interval(mins => $2) AND time <= $1
+                           -- An interval longer than the window cannot be placed in it.
+                           AND secs <= 60 * $2
                          GROUP BY 1, 2, 3)
                      SELECT host(e.address), coalesce(e.name, host(e.address)), c.ifindex,
                             coalesce(i.name, i.description, c.ifindex::text), c.source,
@@ -422,7 +424,18 @@ pub async fn evaluate(
     }
     tx.commit().await?;
     result.active = active(client).await?;
-    if mail && config.alerts.mail {
+    if !config.alerts.mail {
+        // Mail is off: these are not owed to anyone, so turning mail on later does not
+        // send a backlog.
+        client
+            .execute(
+                "UPDATE alerts SET start_mailed_at = coalesce(start_mailed_at, now()),
+                     clear_mailed_at = CASE WHEN cleared_at IS NULL THEN NULL ELSE coalesce(clear_mailed_at, now()) END
+                 WHERE start_mailed_at IS NULL OR (cleared_at IS NOT NULL AND clear_mailed_at IS NULL)",
+                &[],
+            )
+            .await?;
+    } else if mail {
         let (sent, errors) = send_pending(client, config).await?;
         result.mails_sent = sent;
         result.mail_errors = errors;
@@ -459,6 +472,24 @@ async fn send_pending(client: &Client, config: &Config) -> anyhow::Result<(usize
             events.push(true);
         }
         for cleared in events {
+            let column = if cleared {
+                "clear_mailed_at"
+            } else {
+                "start_mailed_at"
+            };
+            // Claimed before it is sent: a run overlapping this one (the timer and a
+            // manual run) finds it taken and sends nothing.
+            let claimed = client
+                .execute(
+                    &format!(
+                        "UPDATE alerts SET {column} = now() WHERE id = $1 AND {column} IS NULL"
+                    ),
+                    &[&a.id],
+                )
+                .await?;
+            if claimed == 0 {
+                continue;
+            }
             let message = alert_message(config, &a, cleared);
             let result = {
                 let transport = transport.clone();
@@ -467,21 +498,15 @@ async fn send_pending(client: &Client, config: &Config) -> anyhow::Result<(usize
                     .context("the mail thread failed")?
             };
             match result {
-                Ok(()) => {
-                    let column = if cleared {
-                        "clear_mailed_at"
-                    } else {
-                        "start_mailed_at"
-                    };
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    // Released again, for the next run to retry.
                     client
                         .execute(
-                            &format!("UPDATE alerts SET {column} = now() WHERE id = $1"),
+                            &format!("UPDATE alerts SET {column} = NULL WHERE id = $1"),
                             &[&a.id],
                         )
                         .await?;
-                    sent += 1;
-                }
-                Err(e) => {
                     errors.push(format!("alert {} ({}): {e}", a.id, a.rule));
                     break;
                 }

@@ -591,8 +591,8 @@ pub fn collector_main(cli: CollectorCli) -> anyhow::Result<()> {
                 crate::alerts::daily_summary(client, &config, now).await
             })?;
             if a.mail {
-                if !config.alerts.daily_summary {
-                    println!("alerts.daily_summary is off: not mailed");
+                if !config.alerts.mail || !config.alerts.daily_summary {
+                    println!("alerts.mail or alerts.daily_summary is off: not mailed");
                     return Ok(());
                 }
                 crate::mail::send(&crate::mail::Transport::from_config(&config), &message)?;

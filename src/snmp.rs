@@ -286,6 +286,7 @@ impl Session {
     ) -> Result<T, SnmpError> {
         let mut attempts = 0;
         let mut auth_updates = 0;
+        let mut stale = 0;
         loop {
             attempts += 1;
             match request(&mut self.inner) {
@@ -295,6 +296,12 @@ impl Session {
                     attempts -= 1;
                 }
                 Err(snmp2::Error::Receive) if attempts <= self.retries => {}
+                // A late answer to an earlier, timed-out request was read instead of
+                // this one's: read again (bounded); this one's answer is on its way.
+                Err(snmp2::Error::RequestIdMismatch) if stale < 8 => {
+                    stale += 1;
+                    attempts -= 1;
+                }
                 Err(e) => return Err(self.error(e, attempts)),
             }
         }
@@ -336,6 +343,13 @@ impl Session {
                 let mut last: Option<Vec<u64>> = None;
                 let mut done = false;
                 for (o, v) in pdu.varbinds {
+                    // An agent may answer with more rows than asked: the bound is on
+                    // rows, whatever the datagrams hold.
+                    seen += 1;
+                    if seen > MAX_INTERFACES {
+                        done = true;
+                        break;
+                    }
                     let Some(parts) = components(&o) else {
                         done = true;
                         break;
@@ -354,10 +368,7 @@ impl Session {
             })?;
             match last {
                 // The agent must move forward; one that does not would loop forever.
-                Some(l) if l > next && seen < MAX_INTERFACES => {
-                    seen += BULK_REPETITIONS as usize;
-                    next = l;
-                }
+                Some(l) if l > next => next = l,
                 _ => return Ok(()),
             }
         }
@@ -472,14 +483,13 @@ pub fn target_for(targets: &[SnmpTarget], address: IpAddr) -> Option<&SnmpTarget
 }
 
 /// Counter deltas since the previous poll. `None` where there is no usable previous
-/// value: first poll, agent rebooted, or a counter went backwards past what a wrap can
-/// explain at the interface's speed.
+/// value: first poll, or a 64-bit counter that went backwards (a reset: it would take
+/// 2^64 bytes to wrap), or moved more than twice the line rate could carry.
 fn delta(prev: Option<u64>, now: u64, secs: f64, speed_bps: Option<u64>) -> Option<i64> {
-    let d = now.wrapping_sub(prev?);
+    let d = now.checked_sub(prev?)?;
     let plausible = match speed_bps {
-        // Twice the line rate is the most a real counter can have moved.
         Some(s) if s > 0 => (d as f64) * 8.0 <= (s as f64) * secs * 2.0 + 1e6,
-        _ => d < (1 << 62),
+        _ => true,
     };
     plausible.then(|| i64::try_from(d).ok()).flatten()
 }
@@ -543,7 +553,8 @@ pub async fn poll(config: &Config, now: DateTime<Utc>) -> anyhow::Result<PollSum
             .collect();
         for h in handles {
             let (id, address, agent, result) = h.await.context("an SNMP poll thread failed")?;
-            let r = store(&mut client, id, address, agent, result, now).await?;
+            let max_gap = 3.0 * config.snmp.interval_secs as f64;
+            let r = store(&mut client, id, address, agent, result, now, max_gap).await?;
             summary.polls.push(r);
         }
     }
@@ -567,11 +578,14 @@ async fn store(
     agent: SocketAddr,
     result: Result<AgentData, String>,
     now: DateTime<Utc>,
+    max_gap_secs: f64,
 ) -> anyhow::Result<PollResult> {
     let tx = client.transaction().await?;
+    // Locked: a manual poll overlapping the timer's must not compute a second delta
+    // from the same baseline.
     let previous = tx
         .query_opt(
-            "SELECT succeeded_at, counters::text, sys_uptime FROM snmp_polls WHERE exporter_id = $1",
+            "SELECT succeeded_at, counters::text, sys_uptime FROM snmp_polls WHERE exporter_id = $1 FOR UPDATE",
             &[&exporter_id],
         )
         .await?;
@@ -609,9 +623,11 @@ async fn store(
         (Some(p), Some(n)) => i64::from(n) < p,
         _ => false,
     };
+    // After a long gap (failed polls, the timer stopped) one delta would smear days of
+    // traffic into one average: start over instead.
     let secs = last_success
         .map(|t| (now - t).num_milliseconds() as f64 / 1000.0)
-        .filter(|s| *s > 0.0);
+        .filter(|s| *s > 0.0 && *s <= max_gap_secs);
     tx.execute(
         "UPDATE exporters SET snmp_name = $2 WHERE id = $1 AND snmp_name IS DISTINCT FROM $2",
         &[&exporter_id, &data.sys_name],
@@ -741,9 +757,10 @@ mod tests {
     }
 
     #[test]
-    fn deltas_wrap_and_reject_resets() {
+    fn deltas_reject_resets_and_impossible_rates() {
         assert_eq!(delta(Some(100), 350, 300.0, None), Some(250));
-        assert_eq!(delta(Some(u64::MAX - 9), 10, 300.0, None), Some(20));
+        // Backwards is a reset (cleared counters), not a wrap, with or without a speed.
+        assert_eq!(delta(Some(u64::MAX - 9), 10, 300.0, None), None);
         assert_eq!(delta(None, 10, 300.0, None), None);
         // A counter reset to a small value looks like a huge wrap: more than twice
         // the line rate could carry, so not a delta.

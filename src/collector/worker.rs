@@ -142,8 +142,13 @@ pub fn counter_delta(
     {
         return None;
     }
-    let in_octets = cur.in_octets.wrapping_sub(prev.in_octets);
-    let out_octets = cur.out_octets.wrapping_sub(prev.out_octets);
+    // A 64-bit octet counter does not wrap in practice (2^64 bytes); one that went
+    // backwards was reset (cleared counters, a recreated interface), whatever the speed.
+    if cur.in_octets < prev.in_octets || cur.out_octets < prev.out_octets {
+        return None;
+    }
+    let in_octets = cur.in_octets - prev.in_octets;
+    let out_octets = cur.out_octets - prev.out_octets;
     if cur.speed_bps > 0 && cur.speed_bps < u64::MAX {
         let limit = u128::from(cur.speed_bps) * u128::from(interval_ms) * 2 / 8000;
         if u128::from(in_octets) > limit || u128::from(out_octets) > limit {
@@ -451,8 +456,8 @@ mod tests {
 
     #[test]
     fn deltas_wrap_and_unknown_counters_are_none() {
-        let a = sample(10_000, u64::MAX - 99, 5_000, u32::MAX - 9);
-        let b = sample(40_000, 400, 8_000, 20);
+        let a = sample(10_000, 1_000_000, 5_000, u32::MAX - 9);
+        let b = sample(40_000, 1_000_500, 8_000, 20);
         assert_eq!(
             counter_delta(&a, 0, &b, 30_000),
             Some(CounterDelta {
@@ -475,6 +480,13 @@ mod tests {
             counter_delta(&a, 0, &sample(40_000, 10, 2_000, 2), 30_000),
             None
         );
+        // 64-bit octets going backwards are a reset even where the speed is unknown
+        // (a wrap would take 2^64 bytes).
+        let mut slow = a;
+        slow.speed_bps = 0;
+        let mut cleared = sample(40_000, 500, 2_000, 2);
+        cleared.speed_bps = 0;
+        assert_eq!(counter_delta(&slow, 0, &cleared, 30_000), None);
         // Uptime going backwards: the agent restarted.
         assert_eq!(
             counter_delta(&a, 0, &sample(5_000, 2_000_000, 2_000, 2), 30_000),

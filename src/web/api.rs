@@ -65,18 +65,66 @@ pub async fn visible_alerts(
     let all = crate::alerts::active(client)
         .await
         .map_err(WebError::Internal)?;
-    if restriction(who).is_none() {
+    let Some(uid) = restriction(who) else {
         return Ok(all);
-    }
-    let exporters = visible_exporters(client, who).await?;
+    };
+    let visible: Vec<(String, i64)> = client
+        .query(
+            "SELECT host(e.address), v.ifindex FROM flowstage_visible_interfaces($1) v
+             JOIN exporters e ON e.id = v.exporter_id",
+            &[&uid],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Subjects: "ADDRESS" (an exporter: visible with any of its interfaces),
+    // "ADDRESS IFINDEX DIRECTION" (that interface only); anything else (the spool, the
+    // archive) is the appliance's, for admins.
     Ok(all
         .into_iter()
         .filter(|a| {
-            exporters
-                .iter()
-                .any(|e| a.subject.split(' ').next() == Some(e.address.as_str()))
+            let parts: Vec<&str> = a.subject.split(' ').collect();
+            match parts.as_slice() {
+                [address] => visible.iter().any(|(x, _)| x == address),
+                [address, ifindex, _] => ifindex
+                    .parse::<i64>()
+                    .is_ok_and(|i| visible.iter().any(|(x, y)| x == address && *y == i)),
+                _ => false,
+            }
         })
         .collect())
+}
+
+/// The one interface `exporter` (address or name) and `interface` (ifIndex, name or
+/// description) name among those the user may see: 404 when none, 400 when several
+/// (names from SNMP or DNS need not be unique).
+pub async fn resolve_interface(
+    client: &Client,
+    who: &Identity,
+    exporter: &str,
+    interface: &str,
+) -> Result<(i32, i64), WebError> {
+    let rows = client
+        .query(
+            "SELECT i.exporter_id, i.ifindex FROM interfaces i JOIN exporters e ON e.id = i.exporter_id
+             WHERE (host(e.address) = $1 OR e.name = $1)
+               AND (i.ifindex::text = $2 OR i.name = $2 OR i.description = $2)
+               AND ($3::int IS NULL OR (i.exporter_id, i.ifindex) IN
+                    (SELECT v.exporter_id, v.ifindex FROM flowstage_visible_interfaces($3) v))
+             LIMIT 2",
+            &[&exporter, &interface, &restriction(who)],
+        )
+        .await?;
+    match rows.as_slice() {
+        [one] => Ok((one.get(0), one.get(1))),
+        [] => Err(WebError::NotFound(
+            "no such exporter or interface for you".into(),
+        )),
+        _ => Err(WebError::BadRequest(format!(
+            "exporter={exporter:?} interface={interface:?} names more than one interface: use the exporter's address and the ifIndex"
+        ))),
+    }
 }
 
 pub async fn alerts(
@@ -101,23 +149,18 @@ pub struct Measured {
 /// What the device's own counters say about one interface between `from` and `to`.
 pub async fn measured(
     client: &Client,
-    exporter: &str,
-    interface: &str,
+    (exporter_id, ifindex): (i32, i64),
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Measured>, WebError> {
     let rows = client
         .query(
-            "SELECT c.source, (sum(c.in_octets) * 8 / sum(c.secs))::float8,
-                    (sum(c.out_octets) * 8 / sum(c.secs))::float8, sum(c.secs)::float8
-             FROM interface_counters c
-             JOIN exporters e ON e.id = c.exporter_id
-             JOIN interfaces i ON i.exporter_id = c.exporter_id AND i.ifindex = c.ifindex
-             WHERE (host(e.address) = $1 OR e.name = $1)
-               AND (i.ifindex::text = $2 OR i.name = $2 OR i.description = $2)
-               AND c.time > $3 AND c.time <= $4
-             GROUP BY c.source ORDER BY c.source",
-            &[&exporter, &interface, &from, &to],
+            "SELECT source, (sum(in_octets) * 8 / sum(secs))::float8,
+                    (sum(out_octets) * 8 / sum(secs))::float8, sum(secs)::float8
+             FROM interface_counters
+             WHERE exporter_id = $1 AND ifindex = $2 AND time > $3 AND time <= $4
+             GROUP BY source ORDER BY source",
+            &[&exporter_id, &ifindex, &from, &to],
         )
         .await?;
     Ok(rows
@@ -136,8 +179,7 @@ pub async fn measured(
 /// in.
 pub async fn measured_series(
     client: &Client,
-    exporter: &str,
-    interface: &str,
+    (exporter_id, ifindex): (i32, i64),
     series: &crate::report::Series,
     direction: crate::collector::batch::Direction,
 ) -> Result<Vec<super::svg::Overlay>, WebError> {
@@ -157,12 +199,9 @@ pub async fn measured_series(
                     (sum(CASE WHEN $5 THEN c.in_octets ELSE c.out_octets END) * 8 / sum(c.secs))::float8
              FROM unnest($3::timestamptz[]) WITH ORDINALITY AS p(t, i)
              JOIN interface_counters c ON c.time > p.t AND c.time <= p.t + make_interval(secs => $4::float8)
-             JOIN exporters e ON e.id = c.exporter_id
-             JOIN interfaces i ON i.exporter_id = c.exporter_id AND i.ifindex = c.ifindex
-             WHERE (host(e.address) = $1 OR e.name = $1)
-               AND (i.ifindex::text = $2 OR i.name = $2 OR i.description = $2)
+             WHERE c.exporter_id = $1 AND c.ifindex = $2
              GROUP BY p.i, c.source ORDER BY c.source, p.i",
-            &[&exporter, &interface, &starts, &(series.step_secs as f64), &inbound],
+            &[&exporter_id, &ifindex, &starts, &(series.step_secs as f64), &inbound],
         )
         .await?;
     let mut overlays: Vec<super::svg::Overlay> = Vec::new();
@@ -195,8 +234,8 @@ pub async fn counters(
         return Err(WebError::BadRequest("counters need exporter= and interface=".into()).into());
     };
     let client = state.client().await?;
-    check_scope(&client, &who, Some(exporter), Some(interface)).await?;
-    Ok(Json(measured(&client, exporter, interface, view.from, view.to).await?).into_response())
+    let one = resolve_interface(&client, &who, exporter, interface).await?;
+    Ok(Json(measured(&client, one, view.from, view.to).await?).into_response())
 }
 
 pub async fn me(ApiUser(who): ApiUser) -> Response {

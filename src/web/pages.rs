@@ -580,7 +580,12 @@ async fn graph(state: &AppState, who: &Identity, params: &ViewParams) -> Result<
     // One interface's bits: the device's own counters as lines beside the flows.
     let overlays = match (&view.exporter, &view.interface, view.unit) {
         (Some(exporter), Some(interface), report::Measure::Bytes) if view.by == ReportBy::Total => {
-            super::api::measured_series(&client, exporter, interface, &s, view.direction).await?
+            // Only for exactly one visible interface; names that match several draw
+            // the bars alone.
+            match super::api::resolve_interface(&client, who, exporter, interface).await {
+                Ok(one) => super::api::measured_series(&client, one, &s, view.direction).await?,
+                Err(_) => Vec::new(),
+            }
         }
         _ => Vec::new(),
     };
@@ -659,7 +664,10 @@ pub async fn interface_page(
         );
     }
     // Beside the flows: what the router's own counters measured (SNMP, sFlow).
-    let measured = super::api::measured(&client, &exporter, &interface, view.from, view.to).await?;
+    let measured = match super::api::resolve_interface(&client, &who, &exporter, &interface).await {
+        Ok(one) => super::api::measured(&client, one, view.from, view.to).await?,
+        Err(_) => Vec::new(),
+    };
     if !measured.is_empty() {
         let secs = (view.to - view.from).num_seconds().max(1) as f64;
         let mut flow_bps = [0.0; 2];

@@ -406,6 +406,11 @@ fn interface_rule_can_read_the_devices_own_counters() {
         a["message"],
         "interface Gi0/1 (ifIndex 1) of r1 (192.0.2.1) averaged 95.0 % of its 1.0 Gbit/s over 15 minutes (in, measured by snmp; limit 90 %)"
     );
+    // alerts.mail = false: nothing is owed, so turning mail on later sends no backlog.
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM alerts WHERE start_mailed_at IS NULL"),
+        "0"
+    );
     // Half an hour later no counters cover the window: cleared.
     let (_, later) = alerts(&config, &url, "2026-06-01T12:30:00Z");
     assert_eq!(

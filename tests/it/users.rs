@@ -64,7 +64,7 @@ fn users_grants_and_the_audit_log() {
     let (pg, db, url) = migrated_database("users");
     pg.psql(
         &db,
-        "INSERT INTO exporters (address, name) VALUES ('192.0.2.1', 'rtr1'), ('192.0.2.2', 'rtr2');
+        "INSERT INTO exporters (address, name, file_name) VALUES ('192.0.2.1', 'rtr1', 'rtr1'), ('192.0.2.2', 'rtr2', 'rtr2');
          INSERT INTO interfaces (exporter_id, ifindex, description)
            SELECT id, i, CASE WHEN i = 1 THEN 'uplink transit' ELSE 'customer acme' END
            FROM exporters, generate_series(1, 2) i;",
@@ -134,6 +134,17 @@ fn users_grants_and_the_audit_log() {
         &["revoke", "ops", &regex_grant.to_string()],
         None,
     ));
+    assert_eq!(
+        visible(pg, &db, "ops"),
+        "192.0.2.1:1 192.0.2.1:2 192.0.2.1:7"
+    );
+    // A switch that calls itself "rtr1" over SNMP (or in DNS) is not the operator's
+    // rtr1: grants follow addresses and the operator's own names only.
+    pg.psql(
+        &db,
+        "INSERT INTO exporters (address, name, snmp_name) VALUES ('192.0.2.66', 'rtr1', 'rtr1');
+         INSERT INTO interfaces (exporter_id, ifindex) SELECT id, 1 FROM exporters WHERE host(address) = '192.0.2.66'",
+    );
     assert_eq!(
         visible(pg, &db, "ops"),
         "192.0.2.1:1 192.0.2.1:2 192.0.2.1:7"

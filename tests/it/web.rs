@@ -1226,18 +1226,30 @@ fn alerts_and_device_counters_are_shown_within_grants() {
     pg.psql(
         &db,
         "INSERT INTO exporters (address, name) VALUES ('192.0.2.1', 'r1'), ('192.0.2.2', 'r2');
-         INSERT INTO interfaces (exporter_id, ifindex, name) SELECT id, 1, 'Gi0/1' FROM exporters;
+         INSERT INTO interfaces (exporter_id, ifindex, name) SELECT id, i, 'Gi0/' || i FROM exporters, generate_series(1, 2) i;
          INSERT INTO alerts (rule, subject, started_at, holding_at, value, message) VALUES
            ('flow loss', '192.0.2.1', now(), now(), 9, 'loss on r1'),
            ('exporter silent', '192.0.2.2', now(), now(), 20, 'r2 silent'),
-           ('spool nearly full', 'spool', now(), now(), 90, 'the spool is filling');
+           ('spool nearly full', 'spool', now(), now(), 90, 'the spool is filling'),
+           ('interface busy', '192.0.2.1 1 in', now(), now(), 95, 'Gi0/1 busy'),
+           ('interface busy', '192.0.2.1 2 in', now(), now(), 95, 'Gi0/2 busy');
          -- 10 Mbit/s in and 2 Mbit/s out over five minutes, by SNMP; sFlow: 20 Mbit/s in.
          INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
            SELECT now() - interval '10 minutes', id, 1, 'snmp', 300, 375000000, 75000000 FROM exporters WHERE name = 'r1';
          INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
            SELECT now() - interval '10 minutes', id, 1, 'sflow', 60, 150000000, 0 FROM exporters WHERE name = 'r1';",
     );
-    setup_users(&url, &["grant", "cust", "--exporter", "192.0.2.1"]);
+    setup_users(
+        &url,
+        &[
+            "grant",
+            "cust",
+            "--exporter",
+            "192.0.2.1",
+            "--interface",
+            "1",
+        ],
+    );
     let admin = login(&base, "boss", "admin password 1").unwrap();
     let viewer = login(&base, "cust", "viewer password 1").unwrap();
 
@@ -1254,9 +1266,16 @@ fn alerts_and_device_counters_are_shown_within_grants() {
     };
     assert_eq!(
         messages(&admin),
-        ["loss on r1", "r2 silent", "the spool is filling"]
+        [
+            "Gi0/1 busy",
+            "Gi0/2 busy",
+            "loss on r1",
+            "r2 silent",
+            "the spool is filling"
+        ]
     );
-    assert_eq!(messages(&viewer), ["loss on r1"]);
+    // The viewer has r1's Gi0/1 only: its exporter's alerts and that interface's.
+    assert_eq!(messages(&viewer), ["Gi0/1 busy", "loss on r1"]);
     assert_eq!(get(&format!("{base}/api/v1/alerts"), None).status, 401);
     let dashboard = get(&format!("{base}/"), Some(&viewer)).body;
     assert!(dashboard.contains("loss on r1"), "{dashboard}");
@@ -1283,6 +1302,23 @@ fn alerts_and_device_counters_are_shown_within_grants() {
         ),
         (Some(10_000_000.0), Some(2_000_000.0), Some(300.0))
     );
+    // Another switch calls itself r1 over SNMP: for the admin the name is ambiguous
+    // (400, not two interfaces pooled); for the viewer only the granted one matches.
+    pg.psql(
+        &db,
+        "INSERT INTO exporters (address, name, snmp_name) VALUES ('192.0.2.3', 'r1', 'r1');
+         INSERT INTO interfaces (exporter_id, ifindex) SELECT id, 1 FROM exporters WHERE host(address) = '192.0.2.3';
+         INSERT INTO interface_counters (time, exporter_id, ifindex, source, secs, in_octets, out_octets)
+           SELECT now() - interval '10 minutes', id, 1, 'snmp', 300, 1, 1 FROM exporters WHERE host(address) = '192.0.2.3';",
+    );
+    let by_name = |cookie: &str| {
+        get(
+            &format!("{base}/api/v1/counters?exporter=r1&interface=1&from=-1h&to=%2B1m"),
+            Some(cookie),
+        )
+    };
+    assert_eq!(by_name(&admin).status, 400, "{}", by_name(&admin).body);
+    assert_eq!(by_name(&viewer).json(), c, "the viewer's r1 only");
     let hidden = get(
         &format!("{base}/api/v1/counters?exporter=192.0.2.2&interface=1&from=-1h"),
         Some(&viewer),

@@ -4,7 +4,7 @@
     python3 fuzz/seed-corpus.py [CAPTURES_DIR] [OUT_DIR]
 
 Defaults: ../shared/testdata/captures next to the crate, and /tmp/flowstage-fuzz-seeds.
-Writes OUT_DIR/{v5,v9,ipfix}/: the UDP payload of every frame, plus for template/data
+Writes OUT_DIR/{v5,v9,ipfix,sflow}/: the UDP payload of every frame, plus for template/data
 pairs one "session" input (data, templates, data again, joined by the SPLT separator
 the targets cut at). The captures stay outside the repository (their README says not to
 copy them in), so keep OUT_DIR outside it too and pass it as a second corpus directory.
@@ -63,8 +63,10 @@ def main():
     for pcap in sorted(CAPTURES.glob("*.pcap")):
         for i, d in enumerate(udp_payloads(pcap)):
             proto = VERSIONS.get(struct.unpack(">H", d[:2])[0]) if len(d) >= 2 else None
+            if proto is None and len(d) >= 4 and struct.unpack(">I", d[:4])[0] == 5:
+                proto = "sflow"
             if proto is None:
-                continue  # sFlow and anything else
+                continue
             (OUT / proto).mkdir(parents=True, exist_ok=True)
             (OUT / proto / f"{pcap.stem}-{i}").write_bytes(d)
             datagrams.setdefault((proto, pcap.stem), []).append(d)
@@ -72,7 +74,7 @@ def main():
         t, d = datagrams.get((proto, templates), []), datagrams.get((proto, data), [])
         if t and d:
             (OUT / proto / f"session-{templates}").write_bytes(SEPARATOR.join(d[:1] + t + d))
-    for proto in VERSIONS.values():
+    for proto in list(VERSIONS.values()) + ["sflow"]:
         n = len(os.listdir(OUT / proto)) if (OUT / proto).is_dir() else 0
         print(f"{OUT / proto}: {n} inputs")
 

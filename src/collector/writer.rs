@@ -361,17 +361,7 @@ impl Writer {
             };
             let first = time(interfaces.values().map(|s| s.0).min().unwrap_or_default())?;
             let last = time(interfaces.values().map(|s| s.1).max().unwrap_or_default())?;
-            let id: i32 = tx
-                .query_one(
-                    "INSERT INTO exporters (address, first_seen, last_seen) VALUES ($1, $2, $3)
-                     ON CONFLICT (address) DO UPDATE SET
-                         first_seen = least(exporters.first_seen, EXCLUDED.first_seen),
-                         last_seen = greatest(exporters.last_seen, EXCLUDED.last_seen)
-                     RETURNING id",
-                    &[&addr, &first, &last],
-                )
-                .await?
-                .get(0);
+            let id = register_exporter(&tx, addr, first, last).await?;
             let ifindexes: Vec<i64> = interfaces.keys().copied().collect();
             let firsts = interfaces
                 .values()
@@ -432,6 +422,26 @@ fn db(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The exporter's id, registering it (or widening its first and last seen) as needed.
+async fn register_exporter(
+    tx: &Transaction<'_>,
+    address: IpAddr,
+    first: chrono::DateTime<chrono::Utc>,
+    last: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<i32> {
+    Ok(tx
+        .query_one(
+            "INSERT INTO exporters (address, first_seen, last_seen) VALUES ($1, $2, $3)
+             ON CONFLICT (address) DO UPDATE SET
+                 first_seen = least(exporters.first_seen, EXCLUDED.first_seen),
+                 last_seen = greatest(exporters.last_seen, EXCLUDED.last_seen)
+             RETURNING id",
+            &[&address, &first, &last],
+        )
+        .await?
+        .get(0))
+}
+
 /// sFlow counter rows: the agent is registered as an exporter and each interface with
 /// its measured speed and status (a measured speed replaces a configured one, as
 /// `flowstage_apply_names` does), and the deltas go to `interface_counters`.
@@ -446,17 +456,7 @@ async fn write_counters(tx: &Transaction<'_>, rows: &[CounterRow]) -> anyhow::Re
     for (addr, rows) in by_exporter {
         let first = time(rows.iter().map(|r| r.time_ms).min().unwrap_or_default())?;
         let last = time(rows.iter().map(|r| r.time_ms).max().unwrap_or_default())?;
-        let id: i32 = tx
-            .query_one(
-                "INSERT INTO exporters (address, first_seen, last_seen) VALUES ($1, $2, $3)
-                 ON CONFLICT (address) DO UPDATE SET
-                     first_seen = least(exporters.first_seen, EXCLUDED.first_seen),
-                     last_seen = greatest(exporters.last_seen, EXCLUDED.last_seen)
-                 RETURNING id",
-                &[&addr, &first, &last],
-            )
-            .await?
-            .get(0);
+        let id = register_exporter(tx, addr, first, last).await?;
         // The latest sample of each interface says its speed and status.
         let mut latest: BTreeMap<u32, (&CounterRow, i64)> = BTreeMap::new();
         for r in &rows {

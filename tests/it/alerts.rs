@@ -408,7 +408,10 @@ fn interface_rule_can_read_the_devices_own_counters() {
     );
     // alerts.mail = false: nothing is owed, so turning mail on later sends no backlog.
     assert_eq!(
-        pg.psql(&db, "SELECT count(*) FROM alerts WHERE start_mailed_at IS NULL"),
+        pg.psql(
+            &db,
+            "SELECT count(*) FROM alerts WHERE start_mailed_at IS NULL"
+        ),
         "0"
     );
     // Half an hour later no counters cover the window: cleared.

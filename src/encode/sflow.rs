@@ -133,6 +133,18 @@ fn address(b: &mut Vec<u8>, a: Option<IpAddr>) {
     }
 }
 
+/// A sample's sequence number and source: one word (type << 24 | index) in the compact
+/// formats, two in the expanded ones.
+fn sample_start(b: &mut Vec<u8>, expanded: bool, sequence: u32, source_id: u32) {
+    u32_(b, sequence);
+    if expanded {
+        u32_(b, source_id >> 24);
+        u32_(b, source_id & 0x00ff_ffff);
+    } else {
+        u32_(b, source_id);
+    }
+}
+
 /// `[format][length][body]`.
 fn framed(b: &mut Vec<u8>, format: u32, body: &[u8]) {
     u32_(b, format);
@@ -169,13 +181,7 @@ fn sample(s: &Sample) -> (u32, Vec<u8>) {
             output,
             records,
         } => {
-            u32_(&mut b, *sequence);
-            if *expanded {
-                u32_(&mut b, source_id >> 24);
-                u32_(&mut b, source_id & 0x00ff_ffff);
-            } else {
-                u32_(&mut b, *source_id);
-            }
+            sample_start(&mut b, *expanded, *sequence, *source_id);
             u32_(&mut b, *sampling_rate);
             u32_(&mut b, *sample_pool);
             u32_(&mut b, *drops);
@@ -200,13 +206,7 @@ fn sample(s: &Sample) -> (u32, Vec<u8>) {
             source_id,
             records,
         } => {
-            u32_(&mut b, *sequence);
-            if *expanded {
-                u32_(&mut b, source_id >> 24);
-                u32_(&mut b, source_id & 0x00ff_ffff);
-            } else {
-                u32_(&mut b, *source_id);
-            }
+            sample_start(&mut b, *expanded, *sequence, *source_id);
             u32_(&mut b, records.len() as u32);
             for r in records {
                 match r {

@@ -113,6 +113,10 @@ struct Reaped(Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
+        // sfacctd's plugins are processes of their own: stop them too.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &self.0.id().to_string()])
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

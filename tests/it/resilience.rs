@@ -124,25 +124,11 @@ fn malformed_datagrams_are_counted_and_valid_traffic_is_exact() {
             && c.metric("flowstage_exporter_decode_errors_total", &[]) == corpus.len() as u64
     });
     let metrics = c.metrics();
-    for (kind, protocol, _) in &corpus {
-        let expected = corpus
-            .iter()
-            .filter(|(k, p, _)| k == kind && p == protocol)
-            .count() as u64;
-        let got = support::metric_sum(
-            &metrics,
-            "flowstage_exporter_decode_errors_total",
-            &[
-                "exporter=\"127.0.0.60\"",
-                &format!("protocol=\"{protocol}\""),
-                &format!("kind=\"{kind}\""),
-            ],
-        );
-        assert_eq!(
-            got, expected,
-            "{kind} ({protocol}) counted against 127.0.0.60\n{metrics}"
-        );
-    }
+    support::assert_errors_by_kind(
+        &metrics,
+        "127.0.0.60",
+        corpus.iter().map(|(k, p, _)| (*k, *p)),
+    );
     let (status, log) = c.terminate();
     assert!(status.success(), "{log}");
     let v = report(&url, "total", &[]);

@@ -389,22 +389,11 @@ fn malformed_sflow_is_counted_and_valid_traffic_is_exact() {
             ) == noise
     });
     let metrics = c.metrics();
-    for (kind, protocol, _) in &corpus {
-        let expected = corpus
-            .iter()
-            .filter(|(k, p, _)| k == kind && p == protocol)
-            .count() as u64;
-        let got = support::metric_sum(
-            &metrics,
-            "flowstage_exporter_decode_errors_total",
-            &[
-                "exporter=\"127.0.0.73\"",
-                &format!("protocol=\"{protocol}\""),
-                &format!("kind=\"{kind}\""),
-            ],
-        );
-        assert_eq!(got, expected, "{kind} ({protocol})\n{metrics}");
-    }
+    support::assert_errors_by_kind(
+        &metrics,
+        "127.0.0.73",
+        corpus.iter().map(|(k, p, _)| (*k, *p)),
+    );
     assert!(
         support::metric_sum(
             &metrics,

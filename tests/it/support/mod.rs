@@ -488,3 +488,31 @@ pub fn status_check(config: &Path, database_url: &str, name: &str) -> serde_json
         .unwrap_or_else(|| panic!("no {name} check in {report}"))
         .clone()
 }
+
+/// Each (error kind, protocol) of a malformed corpus is counted against `exporter`
+/// exactly as often as the corpus holds it.
+pub fn assert_errors_by_kind<'a>(
+    metrics: &str,
+    exporter: &str,
+    corpus: impl Iterator<Item = (&'a str, &'a str)>,
+) {
+    let mut want: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for key in corpus {
+        *want.entry(key).or_default() += 1;
+    }
+    for ((kind, protocol), expected) in want {
+        let got = metric_sum(
+            metrics,
+            "flowstage_exporter_decode_errors_total",
+            &[
+                &format!("exporter=\"{exporter}\""),
+                &format!("protocol=\"{protocol}\""),
+                &format!("kind=\"{kind}\""),
+            ],
+        );
+        assert_eq!(
+            got, expected,
+            "{kind} ({protocol}) counted against {exporter}\n{metrics}"
+        );
+    }
+}
